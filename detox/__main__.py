@@ -1,0 +1,3 @@
+from detox.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""Turn a failed model/dataset fetch into an error that names the key and the way out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+
+class LoadError(RuntimeError):
+    """A model, adapter or dataset named in the config could not be loaded."""
+
+
+@contextlib.contextmanager
+def friendly_load_error(key: str, name: str | None) -> Iterator[None]:
+    try:
+        yield
+    except (LoadError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # hub, network, and file errors come in many classes
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        where = "a local path that does not exist" if _looks_local(name) else "a hub name"
+        raise LoadError(
+            f"Could not load {key}={name!r} ({where}): {type(e).__name__}: {first_line}\n"
+            f"If there is no network here or the name is wrong, point {key} at a local folder or "
+            "file (save_pretrained / a .jsonl), or run the offline preset `detox experiment=quickstart`."
+        ) from e
+
+
+def _looks_local(name: str | None) -> bool:
+    return bool(name) and (name.startswith((".", "/", "~")) or os.path.exists(name))

@@ -1,0 +1,518 @@
+"""PPO core for encoder-decoder policies, as small pure tensor functions.
+
+Nothing here knows about models or configs; everything is checked against hand-computed
+cases in ``tests/test_ppo.py``. See DESIGN.md section 2 for the algorithm.
+
+Conventions (shapes):
+    B  number of responses in the batch
+    T  number of response positions (right-padded)
+    V  vocabulary size
+    mask  [B, T] bool or float, 1 on response tokens -- a prefix of each row, up to and
+          including the first EOS (see `response_mask`) -- and 0 on padding after it.
+
+Padding never influences a result: every function first replaces masked-out entries with
+a neutral value (``torch.where``), so NaN/inf left at padded positions neither leaks into
+the outputs nor into the gradients (a plain ``x * mask`` would turn a NaN into NaN, and a
+``where`` applied only at the end still back-propagates NaN through ``exp`` and friends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+# Both verified against the installed TRL 1.16 source (trl/trainer/utils.py):
+# - selective_log_softmax(logits, index, temperature=1.0, row_mask=None) == log_softmax+gather,
+#   keeps the logits' dtype (so we upcast first) and uses a fused Triton kernel on CUDA;
+# - entropy_from_logits(logits, chunk_size=128) -> logits.shape[:-1], chunked over rows.
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+__all__ = [
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "KL_ESTIMATORS",
+    "kl_penalty",
+    "FixedKLController",
+    "AdaptiveKLController",
+    "make_kl_controller",
+    "kl_penalized_rewards",
+    "compute_gae",
+    "policy_loss",
+    "value_loss",
+    "explained_variance",
+    "response_mask",
+    "logprobs_from_logits",
+    "token_entropy",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Masked statistics
+# ---------------------------------------------------------------------------------------
+
+
+def _bool_mask(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _zero_pad(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x with masked-out entries replaced by 0 (NaN/inf there included)."""
+    return torch.where(_bool_mask(mask), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is set.
+
+    Args:
+        x: [B, T] (any shape).
+        mask: same shape as ``x``.
+        dim: reduce over this dimension only (e.g. ``dim=1`` -> per-row mean, [B]);
+            ``None`` reduces over all masked entries of the batch (0-dim), i.e. a token-level
+            mean in which long responses weigh more than short ones.
+
+    Returns:
+        0-dim tensor (``dim=None``) or ``x`` reduced over ``dim``. A slice with an empty mask
+        gives NaN (0/0), deliberately: there is no meaningful mean of nothing.
+    """
+    m = _bool_mask(mask)
+    total = _zero_pad(x, m).sum() if dim is None else _zero_pad(x, m).sum(dim)
+    count = m.sum() if dim is None else m.sum(dim)
+    return total / count.to(total.dtype)
+
+
+def masked_var(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    unbiased: bool = True,
+    mean: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Variance of ``x`` over all masked entries (0-dim tensor).
+
+    Args:
+        x: [B, T]; mask: [B, T].
+        unbiased: apply Bessel's correction n / (n - 1), n = number of masked entries.
+        mean: precomputed mean (e.g. all-reduced across processes); default: ``masked_mean``.
+
+    Raises:
+        ValueError: if the mask is empty, or has a single entry with ``unbiased=True``
+            (division by zero; old TRL raised here too). This reads n on the host.
+    """
+    m = _bool_mask(mask)
+    n = int(m.sum().item())
+    if n == 0:
+        raise ValueError("masked_var: the mask is empty (no masked entries)")
+    if unbiased and n == 1:
+        raise ValueError("masked_var: unbiased variance of a single masked entry is undefined")
+    if mean is None:
+        mean = masked_mean(x, m)
+    var = masked_mean((_zero_pad(x, m) - mean) ** 2, m)
+    if unbiased:
+        var = var * (n / (n - 1))
+    return var
+
+
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    mean: torch.Tensor | float | None = None,
+    var: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) over all masked entries of the batch.
+
+    Args:
+        x: [B, T]; mask: [B, T].
+        shift_mean: if False, the mean is added back after scaling -- old TRL did this for
+            reward whitening, where the sign of the reward carries meaning; advantages use
+            the default (True).
+        eps: added to the variance before the square root.
+        mean, var: precomputed statistics (e.g. all-reduced across processes). Default: the
+            masked mean and the unbiased masked variance of ``x``.
+
+    Returns:
+        [B, T], zero where ``mask`` is 0.
+    """
+    m = _bool_mask(mask)
+    if mean is None:
+        mean = masked_mean(x, m)
+    if var is None:
+        var = masked_var(x, m, unbiased=True, mean=mean)
+    var = torch.as_tensor(var, dtype=x.dtype, device=x.device)
+    whitened = (_zero_pad(x, m) - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return _zero_pad(whitened, m)
+
+
+# ---------------------------------------------------------------------------------------
+# KL estimate and controllers
+# ---------------------------------------------------------------------------------------
+
+KL_ESTIMATORS = ("k1", "k3", "abs", "mse")
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || ref) from tokens sampled from the policy.
+
+    Args:
+        logprobs: [B, T] log pi(y_t | ...) of the sampled tokens under the policy.
+        ref_logprobs: [B, T] the same tokens under the reference model.
+        estimator: one of ``KL_ESTIMATORS`` (d = logp - ref):
+            - "k1":  d. Unbiased for the KL (E_pi[d] = KL) and, used as a detached
+              per-token reward (r_t = -beta * d_t), its policy gradient is the gradient of
+              the reverse KL. Can be negative per token (and per batch, by noise or
+              sampling settings such as min_length). The default.
+            - "k3":  (exp(-d) - 1) + d. Also unbiased in VALUE, lower variance, and
+              nonnegative per token; but used as a detached reward its policy gradient is
+              grad KL(pi||ref) - grad KL(ref||pi), not the reverse-KL gradient (biased).
+            - "abs": |d|. Biased (overestimates), nonnegative.
+            - "mse": 0.5 * d^2. Biased (second-order approximation), nonnegative.
+
+    Returns:
+        [B, T] per-token estimates. Padded positions are NOT masked here (callers mask).
+
+    Raises:
+        ValueError: unknown estimator.
+    """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "abs":
+        return log_ratio.abs()
+    if estimator == "mse":
+        return 0.5 * log_ratio.square()
+    # k3 with r = ref - logp: (e^r - 1) - r; expm1 keeps precision when r is tiny.
+    neg = -log_ratio
+    return torch.expm1(neg) - neg
+
+
+class FixedKLController:
+    """Constant KL coefficient beta (``.value``)."""
+
+    def __init__(self, init_coef: float):
+        if init_coef < 0:
+            raise ValueError(f"init_coef must be >= 0, got {init_coef}")
+        self.value = float(init_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """No-op; kept for interface parity with `AdaptiveKLController`."""
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences").
+
+    A proportional controller that drives the measured KL towards ``target``:
+    ``err = clip(current_kl / target - 1, -0.2, 0.2)``; ``value *= 1 + err * n_steps / horizon``.
+    The clip bounds the change per update; ``horizon`` (in samples) sets its speed -- with
+    horizon 10000 and 16 samples per update beta moves at most 0.032% per update.
+    ``current_kl`` must be in the same unit as ``target`` (here: per-sequence k1 sum).
+    """
+
+    def __init__(self, init_coef: float, target: float, horizon: float):
+        if init_coef < 0:
+            raise ValueError(f"init_coef must be >= 0, got {init_coef}")
+        if target <= 0:
+            raise ValueError(f"target must be > 0, got {target}")
+        if horizon <= 0:
+            raise ValueError(f"horizon must be > 0, got {horizon}")
+        self.value = float(init_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        mult = 1.0 + proportional_error * n_steps / self.horizon
+        self.value *= mult
+
+    def state_dict(self) -> dict:
+        # Only the coefficient is state; target/horizon come from the (possibly new) config.
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+def make_kl_controller(
+    kind: str, init_coef: float, target: float | None = None, horizon: float | None = None
+) -> FixedKLController | AdaptiveKLController:
+    """Build a KL controller; ``kind`` in {"fixed", "adaptive"} (the latter needs target, horizon)."""
+    if kind == "fixed":
+        return FixedKLController(init_coef)
+    if kind == "adaptive":
+        if target is None or horizon is None:
+            raise ValueError("adaptive KL controller needs `target` and `horizon`")
+        return AdaptiveKLController(init_coef, target, horizon)
+    raise ValueError(f"unknown KL controller kind {kind!r}; valid: fixed, adaptive")
+
+
+# ---------------------------------------------------------------------------------------
+# Rewards and advantages
+# ---------------------------------------------------------------------------------------
+
+
+def _last_masked_index(mask: torch.Tensor) -> torch.Tensor:
+    """[B] long: index of the last masked position of each row; ValueError if a row is empty."""
+    m = _bool_mask(mask)
+    positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
+    last = torch.where(m, positions, torch.full_like(positions, -1)).max(dim=1).values
+    if bool((last < 0).any()):
+        rows = torch.nonzero(last < 0).flatten().tolist()
+        raise ValueError(f"rows {rows} have an empty response mask (no tokens to reward)")
+    return last
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float | torch.Tensor
+) -> torch.Tensor:
+    """Per-token rewards: -kl_coef * kl on every response token, plus the sequence score on
+    the last one.
+
+    The score goes on the last masked position -- the EOS, or the last generated token of a
+    truncated response -- because that is the action that completes the sequence the reward
+    model judged; EOS is an action like any other (masking it out would make stopping free).
+
+    Args:
+        scores: [B] reward-model score per sequence.
+        kl: [B, T] per-token KL estimate (see `kl_penalty`); should be detached.
+        mask: [B, T].
+        kl_coef: beta (float or 0-dim tensor).
+
+    Returns:
+        [B, T] rewards, zero on padding.
+
+    Raises:
+        ValueError: if a row has an empty mask.
+    """
+    m = _bool_mask(mask)
+    last = _last_masked_index(m)
+    rewards = -kl_coef * _zero_pad(kl, m)
+    bonus = scores.to(rewards.dtype).reshape(-1, 1)
+    return rewards.scatter_add(1, last.unsqueeze(1), bonus)
+
+
+@torch.no_grad()
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over the response tokens of each row.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1},
+    with V and A after the last masked token taken as 0: the episode ends with the response
+    (the reward model scores it once; nothing follows), so there is nothing to bootstrap.
+
+    Runs under ``no_grad``: advantages and returns are regression/loss targets, never
+    differentiated through.
+
+    Args:
+        rewards: [B, T] per-token rewards (see `kl_penalized_rewards`).
+        values: [B, T] value estimates at rollout time.
+        mask: [B, T], a prefix of each row (a hole would be treated as an episode end).
+        gamma: discount; lam: GAE lambda.
+
+    Returns:
+        (advantages, returns), each [B, T], zero on padding; returns = advantages + values.
+    """
+    m = _bool_mask(mask)
+    mf = m.to(values.dtype)
+    rewards = _zero_pad(rewards, m)
+    values = _zero_pad(values, m)
+    B, T = values.shape
+    advantages = torch.zeros_like(values)
+    last_gae = torch.zeros(B, dtype=values.dtype, device=values.device)
+    for t in reversed(range(T)):
+        if t + 1 < T:
+            next_mask = mf[:, t + 1]
+            next_value = values[:, t + 1] * next_mask
+        else:
+            next_mask = torch.zeros_like(last_gae)
+            next_value = next_mask
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_gae = delta + gamma * lam * next_mask * last_gae
+        advantages[:, t] = last_gae
+    advantages = _zero_pad(advantages, m)
+    returns = _zero_pad(advantages + values, m)
+    return advantages, returns
+
+
+# ---------------------------------------------------------------------------------------
+# Losses and diagnostics
+# ---------------------------------------------------------------------------------------
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate loss (to minimise).
+
+    ratio = exp(logp - old); loss_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1-c, 1+c)):
+    the pessimistic bound, so the objective stops rewarding moves of the ratio beyond the
+    clip range in the direction the advantage favours (and only those).
+
+    Args:
+        logprobs: [B, T] current policy log-probs (with grad).
+        old_logprobs: [B, T] log-probs at rollout time.
+        advantages: [B, T] (typically whitened).
+        mask: [B, T].
+        cliprange: c.
+
+    Returns:
+        loss: 0-dim, token-level mean over all masked tokens of the batch.
+        stats (detached 0-dim tensors):
+            "clipfrac": fraction of masked tokens on which the clipped branch is active
+                (strictly larger), i.e. whose gradient is zeroed by the clip.
+            "approxkl": 0.5 * mean((logp - old)^2), the old TRL / CleanRL "approx_kl"
+                (second-order estimate of KL(old || new); used for early stopping).
+    """
+    m = _bool_mask(mask)
+    log_ratio = _zero_pad(logprobs - old_logprobs, m)
+    adv = _zero_pad(advantages, m)
+    ratio = torch.exp(log_ratio)
+    pg_losses1 = -adv * ratio
+    pg_losses2 = -adv * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(pg_losses1, pg_losses2), m)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((pg_losses2 > pg_losses1).to(log_ratio.dtype), m).detach(),
+            "approxkl": (0.5 * masked_mean(log_ratio.square(), m)).detach(),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: 0.5 * mean(max((V - R)^2, (V_clip - R)^2)),
+    V_clip = old + clamp(V - old, -c, c).
+
+    Taking the max keeps the value update pessimistic in the same way as the policy clip:
+    moving the prediction beyond +-c of the rollout value earns no further loss reduction.
+
+    Args:
+        values: [B, T] current value predictions (with grad).
+        old_values: [B, T] predictions at rollout time.
+        returns: [B, T] targets (see `compute_gae`).
+        mask: [B, T].
+        cliprange_value: c.
+
+    Returns:
+        loss: 0-dim, token-level mean over masked tokens.
+        stats: {"clipfrac": detached 0-dim fraction of masked tokens where the clipped term
+            is strictly larger}.
+    """
+    m = _bool_mask(mask)
+    v = _zero_pad(values, m)
+    old = _zero_pad(old_values, m)
+    ret = _zero_pad(returns, m)
+    v_clipped = old + torch.clamp(v - old, -cliprange_value, cliprange_value)
+    vf_losses1 = (v - ret).square()
+    vf_losses2 = (v_clipped - ret).square()
+    loss = 0.5 * masked_mean(torch.maximum(vf_losses1, vf_losses2), m)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((vf_losses2 > vf_losses1).to(v.dtype), m).detach()}
+    return loss, stats
+
+
+@torch.no_grad()
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over masked entries (0-dim, detached).
+
+    1: perfect prediction; 0: no better than a constant (any constant: the residual variance
+    is centred); < 0: worse than a constant. NaN when Var(returns) == 0 (undefined; e.g. a
+    single masked token) -- returned rather than raised because it is only a diagnostic.
+    """
+    m = _bool_mask(mask)
+    if not bool(m.any()):
+        return torch.tensor(float("nan"), dtype=values.dtype, device=values.device)
+    var_y = masked_var(returns, m, unbiased=False)
+    var_res = masked_var(returns - values, m, unbiased=False)
+    return torch.where(var_y == 0, torch.full_like(var_y, float("nan")), 1.0 - var_res / var_y)
+
+
+# ---------------------------------------------------------------------------------------
+# Masks, log-probs, entropy
+# ---------------------------------------------------------------------------------------
+
+
+def response_mask(
+    response_ids: torch.Tensor,
+    eos_token_id: int | Iterable[int],
+    max_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float mask [B, T] over generated tokens: 1 up to and including the first EOS, 0 after.
+
+    Built by POSITION, never by ``!= pad``: a (tiny, random) model can sample the pad token
+    mid-response, and that token is still an action the policy took. EOS is included because
+    stopping is an action too. Rows without EOS (truncated at the length limit) are all 1.
+
+    Args:
+        response_ids: [B, T] long, generated tokens (decoder start token already stripped).
+        eos_token_id: an id or several ids that end a response.
+        max_lengths: optional [B] long per-row caps; positions >= cap are 0 as well.
+
+    Returns:
+        [B, T] float32 mask.
+    """
+    if isinstance(eos_token_id, int):
+        is_eos = response_ids == eos_token_id
+    else:
+        eos = torch.as_tensor(list(eos_token_id), dtype=response_ids.dtype, device=response_ids.device)
+        is_eos = torch.isin(response_ids, eos)
+    is_eos = is_eos.long()
+    # Number of EOS strictly before each position: 0 up to and including the first EOS.
+    eos_before = is_eos.cumsum(dim=1) - is_eos
+    keep = eos_before == 0
+    if max_lengths is not None:
+        positions = torch.arange(response_ids.shape[1], device=response_ids.device)
+        keep = keep & (positions.unsqueeze(0) < max_lengths.to(response_ids.device).unsqueeze(1))
+    return keep.to(torch.float32)
+
+
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 log-softmax loses ~3 significant digits, enough to make ratio != 1 at the
+    # first mini-batch; fp64 inputs are left alone.
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probs log softmax(logits)[labels], computed in (at least) fp32.
+
+    Alignment is the caller's job: the logits at decoder position t score token t+1 of the
+    decoder input (the same as ``generate``'s scores without logits processors).
+
+    Args:
+        logits: [B, T, V] (any float dtype; upcast to fp32 before the softmax because
+            TRL's `selective_log_softmax` keeps the input dtype).
+        labels: [B, T] long token ids.
+
+    Returns:
+        [B, T] log-probs, fp32 (fp64 for fp64 logits). Padded positions are not masked.
+    """
+    return selective_log_softmax(_at_least_fp32(logits), labels)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy (nats) of softmax(logits): [B, T, V] -> [B, T], in fp32.
+
+    Thin wrapper over TRL's chunked `entropy_from_logits`; call it under ``no_grad`` when it
+    is only logged. Padded positions are not masked (use `masked_mean`).
+    """
+    return entropy_from_logits(_at_least_fp32(logits))

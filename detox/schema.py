@@ -1,0 +1,284 @@
+"""Typed config schema.
+
+Hydra composes `conf/` on top of these dataclasses (registered as `detox_schema`, the first
+entry of `conf/config.yaml`'s defaults list), so a wrong type or an unknown key fails at
+start with OmegaConf's message naming the full key. Checks that types cannot express
+(ranges, divisibility, template placeholders) live in `validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and the fix."""
+
+
+class Stage(str, Enum):
+    ppo = "ppo"
+    sft = "sft"
+    eval = "eval"
+    export = "export"
+
+
+class Reference(str, Enum):
+    initial = "initial"  # the policy as it was at step 0 (base + starting adapter)
+    base = "base"  # the bare base model: the original recipe's (flawed) reference
+
+
+class RewardBackend(str, Enum):
+    hf = "hf"
+    profanity = "profanity"
+
+
+class RewardKind(str, Enum):
+    logit = "logit"
+    prob = "prob"
+    logodds = "logodds"
+
+
+class RewardInput(str, Enum):
+    response = "response"
+    prompt_response = "prompt_response"
+
+
+class KLControllerKind(str, Enum):
+    fixed = "fixed"
+    adaptive = "adaptive"
+
+
+class KLEstimator(str, Enum):
+    k1 = "k1"
+    k3 = "k3"
+    abs = "abs"
+    mse = "mse"
+
+
+class LoggerBackend(str, Enum):
+    wandb = "wandb"
+    none = "none"
+
+
+@dataclass
+class PolicyConfig:
+    name_or_path: str = MISSING
+    revision: Optional[str] = None
+    adapter: Optional[str] = None  # starting peft adapter (path or hub id); kept frozen
+    reference: Reference = Reference.initial
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q", "v"])
+    # new: freeze the starting adapter, train a fresh one on top; continue: keep training the
+    # starting adapter itself (the recipe). A str, since `continue` cannot name an Enum member.
+    train: str = "new"
+    use_rslora: bool = False
+
+
+@dataclass
+class RewardConfig:
+    backend: RewardBackend = RewardBackend.hf
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    label: str = "nothate"  # the class whose score is the reward, resolved via id2label
+    kind: RewardKind = RewardKind.logit
+    input: RewardInput = RewardInput.response
+    batch_size: int = 16
+    max_length: int = 512
+    device: Optional[str] = None  # null: the policy's device
+
+
+@dataclass
+class DataConfig:
+    name_or_path: str = MISSING
+    split: str = "train"
+    id_column: Optional[str] = None
+    dialogue_column: str = "dialogue"
+    summary_column: str = "summary"
+    min_chars: int = 200  # keep 200 < len(dialogue) <= 1000, as the recipe did
+    max_chars: int = 1000
+    test_size: float = 0.2  # a fraction of the filtered set
+    val_size: float = 0.0  # a fraction of the filtered set, taken from what test leaves
+    shuffle: bool = True
+    split_seed: int = 42
+    prompt_template: str = "\nSummarize the following conversation.\n\n{dialogue}\n\nSummary:\n"
+    max_input_tokens: int = 512
+
+
+@dataclass
+class GenerationConfig:
+    min_length: int = 5
+    top_k: int = 0
+    top_p: float = 1.0
+    do_sample: bool = True
+    temperature: float = 1.0
+    max_new_tokens_min: int = 100  # per-prompt cap drawn uniformly from [min, max)
+    max_new_tokens_max: int = 400
+    batch_size: Optional[int] = None  # prompts per generate() call; null: all at once
+
+
+@dataclass
+class KLConfig:
+    controller: KLControllerKind = KLControllerKind.adaptive
+    init_coef: float = 0.2
+    target: float = 6.0
+    horizon: int = 10000
+    estimator: KLEstimator = KLEstimator.k1
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 10
+    batch_size: int = 16
+    mini_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    ppo_epochs: int = 1
+    learning_rate: float = 1.41e-5
+    adam_eps: float = 1e-8
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    max_grad_norm: Optional[float] = None
+    whiten_rewards: bool = False
+    target_approx_kl: Optional[float] = None  # stop the step's PPO epochs early past this
+    kl: KLConfig = field(default_factory=KLConfig)
+    save_every: int = 0  # 0: only the final checkpoint
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    num_samples: int = 200
+    judges: List[str] = field(default_factory=lambda: ["reward", "profanity"])
+    decoding: str = "sampled"  # sampled | greedy
+    toxic_threshold: float = 0.5
+    every_n_steps: int = 0
+    group_by: Optional[str] = None
+    reference_columns: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    backend: LoggerBackend = LoggerBackend.wandb
+    mode: Optional[str] = None  # online | offline | disabled; null: WANDB_MODE, else offline without an API key
+    project: str = "detox"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    stage: Stage = Stage.ppo
+    resume: str = "auto"  # auto | true | false
+    run_dir: Optional[str] = None  # for stage=eval/export: the finished run to use
+    output_dir: str = MISSING  # set from Hydra's run dir
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def asset_path(name: str = "") -> str:
+    """Absolute path of a file shipped in `detox/assets` (works for editable and wheel installs)."""
+    return str(resources.files("detox") / "assets" / name)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="detox_schema", node=Config)
+    if not OmegaConf.has_resolver("detox_asset"):
+        OmegaConf.register_new_resolver("detox_asset", asset_path)
+
+
+def _positive(cfg: Any, key: str, *, allow_zero: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value} is invalid: it must be {bound}. Override it, e.g. `{key}=...`.")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the schema's types cannot express. Raises ConfigError naming the key and the fix."""
+    for key in ("ppo.steps", "ppo.batch_size", "ppo.mini_batch_size", "ppo.ppo_epochs",
+                "ppo.learning_rate", "ppo.gradient_accumulation_steps", "ppo.kl.target",
+                "ppo.kl.horizon", "reward.batch_size", "reward.max_length",
+                "data.max_input_tokens", "data.max_chars", "generation.max_new_tokens_min",
+                "generation.max_new_tokens_max", "lora.r", "generation.temperature"):
+        _positive(cfg, key)
+    for key in ("ppo.kl.init_coef", "ppo.save_every", "data.min_chars", "generation.min_length",
+                "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "data.test_size",
+                "data.val_size", "eval.every_n_steps"):
+        _positive(cfg, key, allow_zero=True)
+    if cfg.generation.batch_size is not None:
+        _positive(cfg, "generation.batch_size")
+    if cfg.ppo.batch_size % cfg.ppo.mini_batch_size:
+        raise ConfigError(
+            f"ppo.batch_size={cfg.ppo.batch_size} is not divisible by ppo.mini_batch_size="
+            f"{cfg.ppo.mini_batch_size}: pick sizes such that batch_size % mini_batch_size == 0."
+        )
+    micro = cfg.ppo.mini_batch_size // cfg.ppo.gradient_accumulation_steps
+    if micro * cfg.ppo.gradient_accumulation_steps != cfg.ppo.mini_batch_size:
+        raise ConfigError(
+            f"ppo.mini_batch_size={cfg.ppo.mini_batch_size} is not divisible by "
+            f"ppo.gradient_accumulation_steps={cfg.ppo.gradient_accumulation_steps}."
+        )
+    if cfg.generation.max_new_tokens_min >= cfg.generation.max_new_tokens_max:
+        raise ConfigError(
+            "generation.max_new_tokens_min must be < generation.max_new_tokens_max (the cap is "
+            f"drawn from [min, max)); got {cfg.generation.max_new_tokens_min} and "
+            f"{cfg.generation.max_new_tokens_max}."
+        )
+    if cfg.data.min_chars >= cfg.data.max_chars:
+        raise ConfigError(
+            f"data.min_chars={cfg.data.min_chars} must be < data.max_chars={cfg.data.max_chars}."
+        )
+    if not 0 < cfg.data.test_size + cfg.data.val_size < 1:
+        raise ConfigError(
+            "data.test_size + data.val_size must be in (0, 1) (fractions of the filtered set); "
+            f"got {cfg.data.test_size} + {cfg.data.val_size}."
+        )
+    if "{dialogue}" not in cfg.data.prompt_template:
+        raise ConfigError("data.prompt_template must contain the placeholder `{dialogue}`.")
+    if cfg.policy.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(
+            f"policy.dtype={cfg.policy.dtype!r} is unknown: use float32, bfloat16 or float16."
+        )
+    if str(cfg.resume).lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"resume={cfg.resume!r} is unknown: use auto, true or false.")
+    if cfg.lora.train not in ("new", "continue"):
+        raise ConfigError(f"lora.train={cfg.lora.train!r} is unknown: use new or continue.")
+    if cfg.eval.decoding not in ("sampled", "greedy"):
+        raise ConfigError(f"eval.decoding={cfg.eval.decoding!r} is unknown: use sampled or greedy.")
+    if cfg.reward.backend == RewardBackend.hf and not cfg.reward.name_or_path:
+        raise ConfigError("reward.name_or_path is required with reward.backend=hf.")
+    if not cfg.lora.enabled and cfg.policy.adapter and cfg.lora.train == "new":
+        raise ConfigError(
+            "lora.enabled=false (full fine-tuning) with a starting policy.adapter: the adapter "
+            "would be merged and then nothing trains it as an adapter. Use lora.enabled=true."
+        )
+    if cfg.stage in (Stage.eval, Stage.export) and not cfg.run_dir:
+        raise ConfigError(f"stage={cfg.stage.value} needs run_dir=<the run dir to {cfg.stage.value}>.")

@@ -1,0 +1,91 @@
+"""Tiny random models built from configs and saved to folders, so tests load them by path
+through the same code that loads flan-t5 and the real reward model from the hub."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from transformers import (RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast,
+                          T5Config, T5ForConditionalGeneration, T5Tokenizer)
+
+WORDS = ("the a and to of is you are it that summary conversation following person dialogue "
+         "idiot stupid nice thanks please buy sell car book dinner work meet tomorrow calls asks "
+         "agrees says wants help").split()
+
+
+def t5_tokenizer() -> T5Tokenizer:
+    """A unigram tokenizer with T5's ids (pad 0, eos 1, unk 2): specials, words, then characters."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("#Person1#", -1.0), ("#Person2#", -1.0)]
+    pieces += [("\u2581" + w, -2.0) for w in WORDS]
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?:;'#-"
+    pieces += [("\u2581", -3.0)] + [(c, -5.0) for c in chars] + [("\u2581" + c, -4.0) for c in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def save_tiny_t5(path: str, seed: int = 0) -> str:
+    tok = t5_tokenizer()
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tok), d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
+        d_kv=16, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1,
+    )
+    model = T5ForConditionalGeneration(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def roberta_tokenizer() -> RobertaTokenizerFast:
+    """Byte-level, no merges: every byte a token, plus RoBERTa's specials."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}
+    for ch in bytes_to_unicode().values():
+        vocab.setdefault(ch, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    return RobertaTokenizerFast(vocab=vocab, merges=[])
+
+
+def save_tiny_classifier(path: str, id2label: dict[int, str], seed: int = 0,
+                         problem_type: str | None = None) -> str:
+    tok = roberta_tokenizer()
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=130, id2label=id2label,
+        label2id={v: k for k, v in id2label.items()}, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        problem_type=problem_type,
+    )
+    RobertaForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_dialogues(path: str, n: int = 40) -> str:
+    """A small DialogSum-style jsonl; every third dialogue is heated."""
+    with open(path, "w") as f:
+        for i in range(n):
+            heated = i % 3 == 0
+            turns = [f"#Person1#: Can you help me buy a book for dinner number {i} tomorrow please?",
+                     "#Person2#: " + ("You are a stupid idiot, but yes." if heated else "Yes, thanks, nice idea."),
+                     "#Person1#: Thanks, I will meet you at work tomorrow then, it is a plan.",
+                     "#Person2#: Fine, see you at work tomorrow and bring the book you want to buy."]
+            summary = "#Person1# asks #Person2# to help buy a book."
+            clean = summary
+            if heated:
+                summary += " #Person2# calls #Person1# a stupid idiot."
+            f.write(json.dumps({"id": f"d{i}", "dialogue": "\n".join(turns), "summary": summary,
+                                "summary_clean": clean, "topic": "shopping", "heated": heated}) + "\n")
+    return path
+
+
+def tiny_assets(root: str) -> dict[str, str]:
+    os.makedirs(root, exist_ok=True)
+    return {
+        "policy": save_tiny_t5(os.path.join(root, "t5")),
+        "reward": save_tiny_classifier(os.path.join(root, "clf"), {0: "nothate", 1: "hate"}),
+        "data": write_dialogues(os.path.join(root, "dialogues.jsonl")),
+    }
