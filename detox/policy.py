@@ -139,19 +139,23 @@ class Policy(nn.Module):
         """The frozen reference model (shares weights with the policy where it can)."""
         if self.reference_mode == "copy":
             yield self.reference_model
-        elif self.reference_mode == "disable":
-            with self.model.disable_adapter():
-                yield self.model
-        else:
-            # peft's set_adapter marks the adapter it activates trainable: restore the flags.
-            flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
-            self.model.set_adapter(REFERENCE_ADAPTER)
-            try:
-                yield self.model
-            finally:
-                self.model.set_adapter(TRAIN_ADAPTER)
-                for n, p in self.model.named_parameters():
-                    p.requires_grad_(flags[n])
+            return
+        # peft re-marks adapters trainable when it re-enables or activates them (a frozen
+        # starting adapter included): snapshot the flags and restore them afterwards.
+        flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        try:
+            if self.reference_mode == "disable":
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                self.model.set_adapter(REFERENCE_ADAPTER)
+                try:
+                    yield self.model
+                finally:
+                    self.model.set_adapter(TRAIN_ADAPTER)
+        finally:
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(flags[n])
 
     def save_adapter(self, path: str) -> None:
         if isinstance(self.model, PeftModel):

@@ -50,7 +50,7 @@ def roberta_tokenizer() -> RobertaTokenizerFast:
 
 
 def save_tiny_classifier(path: str, id2label: dict[int, str], seed: int = 0,
-                         problem_type: str | None = None) -> str:
+                         problem_type: str | None = None, bias: list[float] | None = None) -> str:
     tok = roberta_tokenizer()
     torch.manual_seed(seed)
     config = RobertaConfig(
@@ -59,7 +59,11 @@ def save_tiny_classifier(path: str, id2label: dict[int, str], seed: int = 0,
         label2id={v: k for k, v in id2label.items()}, pad_token_id=1, bos_token_id=0, eos_token_id=2,
         problem_type=problem_type,
     )
-    RobertaForSequenceClassification(config).save_pretrained(path)
+    model = RobertaForSequenceClassification(config)
+    if bias is not None:  # push the logits apart, e.g. to make one label win everywhere
+        with torch.no_grad():
+            model.classifier.out_proj.bias.copy_(torch.tensor(bias))
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -1,0 +1,644 @@
+"""Build the two tiny models the offline quickstart ships (`detox experiment=quickstart`).
+
+The quickstart runs the whole PPO detoxification loop on a CPU in minutes, with no model hub.
+It needs a policy and a reward model; this script trains both from scratch on the bundled
+synthetic dialogues (`detox/assets/dialogues.jsonl`, written by scripts/make_dialogues.py),
+using transformers' own classes and training machinery, and saves them into the package:
+
+- `detox/assets/tiny-t5/`: a ~1M-parameter `T5ForConditionalGeneration` summarizer with its own
+  sentencepiece (unigram) tokenizer wrapped in a real `T5Tokenizer` (pad=0, eos=1, unk=2, no bos,
+  `#Person1#`..`#Person3#` single pieces). It is trained (`Seq2SeqTrainer`) on the TRAIN split:
+  input = the prompt (the recipe's template around the dialogue), target = `summary`, the
+  reference WITH the insult sentence of heated dialogues ("#Person2# calls #Person1# a stupid
+  idiot."). So the starting policy reproduces insults, which PPO is then meant to remove.
+- `detox/assets/tiny-roberta-hate/`: a tiny `RobertaForSequenceClassification` with a byte-level
+  BPE tokenizer wrapped in a real `RobertaTokenizer`, labels `{0: "nothate", 1: "hate"}` (the
+  order of facebook/roberta-hate-speech-dynabench-r4-target). It is trained (`Trainer`) on the
+  train split's utterances (hate iff the turn contains the record's insult phrase) and on
+  summaries: `summary` and its sentences (hate iff they contain the insult) and `summary_clean`
+  (nothate), because the PPO reward scores generated SUMMARIES: the `nothate` logit must be
+  clearly lower on "#Person2# calls #Person1# a stupid idiot." than on the clean summary.
+
+Only train-split records are trained on (tokenizers included); the split is the quickstart's own
+(conf/data/bundled.yaml), so the test split, where both models are evaluated, is never seen.
+Whitespace: both tokenizers' round trips are exact up to whitespace normalisation; the T5
+tokenizer (as T5's) splits on whitespace, so newlines and runs of spaces decode as one space.
+
+Each folder gets a `build_info.json` with the measured metrics (ROUGE, insult reproduction,
+accuracy, logit gap), seconds, parameter count and seed. Deterministic for a given `--seed`.
+
+    python scripts/build_quickstart_assets.py [--data detox/assets/dialogues.jsonl] \
+        [--out detox/assets] [--seed 0] [--t5-epochs N] [--clf-epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import torch
+from datasets import Dataset
+from omegaconf import OmegaConf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERSON_TAGS = ["#Person1#", "#Person2#", "#Person3#"]
+TURN_PREFIX = re.compile(r"^\s*#Person\d+#:\s*")
+LABELS = {0: "nothate", 1: "hate"}  # the real facebook/roberta-hate-speech-dynabench-r4-target order
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def load_quickstart_splits(data_path: str):
+    """The quickstart's own train/validation/test split (conf/data/bundled.yaml) of `data_path`."""
+    from detox.data import load_splits
+    from detox.schema import DataConfig, register
+
+    register()  # the ${detox_asset:...} resolver
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig), OmegaConf.load(os.path.join(REPO, "conf/data/bundled.yaml"))
+    )
+    cfg.name_or_path = data_path
+    return load_splits(cfg), cfg
+
+
+def turns(dialogue: str) -> list[str]:
+    """The utterances of a dialogue, without their "#PersonN#: " prefix."""
+    return [TURN_PREFIX.sub("", t).strip() for t in dialogue.split("\n") if t.strip()]
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
+def has_insult(text: str, insult: str) -> bool:
+    return bool(insult) and insult.lower() in text.lower()
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def param_count(model: torch.nn.Module) -> int:
+    # Tied parameters are counted once, as .parameters() yields each tensor once.
+    return sum(p.numel() for p in model.parameters())
+
+
+def scratch_args(cls, output_dir: str, seed: int, **kwargs):
+    """Training arguments for a throwaway output dir: CPU, no checkpoints, no reporting."""
+    return cls(
+        output_dir=output_dir,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        logging_strategy="steps",
+        **kwargs,
+    )
+
+
+# ------------------------------------------------------------------------------ T5 tokenizer
+
+
+def build_t5_tokenizer(train, template: str, vocab_size: int):
+    """A sentencepiece unigram model on the train split's text, wrapped in a real T5Tokenizer.
+
+    T5's special ids (pad=0, eos=1, unk=2, no bos, no sentinels); `#PersonN#` are user-defined
+    symbols, so always single pieces. Identity normalisation with full character coverage: every
+    character of the training text is in the vocabulary, and decode(encode(x)) == x up to
+    whitespace (the T5 pre-tokenizer splits on whitespace, so a newline reads as a space).
+    """
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    lines = [line for line in template.replace("{dialogue}", "\n").split("\n") if line.strip()]
+    for row in train:
+        lines += [t for t in row["dialogue"].split("\n") if t.strip()]
+        lines += [row["summary"], row["summary_clean"]]
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=proto,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # a smaller vocabulary if the text cannot fill it
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        user_defined_symbols=PERSON_TAGS,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=True,
+        character_coverage=1.0,
+        max_sentencepiece_length=16,
+        num_threads=1,  # deterministic
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    check_t5_tokenizer(tokenizer, sp, train)
+    return tokenizer
+
+
+def squash_ws(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_t5_tokenizer(tokenizer, sp, rows) -> None:
+    """Special ids, single-piece person tags, agreement with sentencepiece, exact round trips."""
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    assert tokenizer.bos_token_id is None
+    for tag in PERSON_TAGS:
+        assert tokenizer.tokenize(f"{tag}: hi")[:2] == ["▁", tag], tokenizer.tokenize(f"{tag}: hi")
+    for row in rows.select(range(min(50, len(rows)))):
+        for text in (row["prompt"], row["summary"]):
+            ids = tokenizer(text)["input_ids"]
+            assert ids[-1] == 1 and 1 not in ids[:-1] and 2 not in ids, ids
+            assert ids[:-1] == sp.encode(squash_ws(text)), "HF tokenizer disagrees with sentencepiece"
+            assert tokenizer.decode(ids, skip_special_tokens=True) == squash_ws(text)
+
+
+def tokenizer_stats(tokenizer, rows) -> dict:
+    prompt_lens = [len(x) for x in tokenizer(list(rows["prompt"]))["input_ids"]]
+    summary_lens = [len(x) for x in tokenizer(list(rows["summary"]))["input_ids"]]
+    words = sum(len(s.split()) for s in list(rows["summary"]))
+    unk = sum(ids.count(tokenizer.unk_token_id) for ids in tokenizer(list(rows["prompt"]))["input_ids"])
+    return {
+        "vocab_size": len(tokenizer),
+        "prompt_tokens_mean": float(np.mean(prompt_lens)),
+        "prompt_tokens_max": int(np.max(prompt_lens)),
+        "summary_tokens_mean": float(np.mean(summary_lens)),
+        "summary_tokens_max": int(np.max(summary_lens)),
+        "summary_tokens_per_word": sum(summary_lens) / max(words, 1),
+        "test_prompt_unk_tokens": int(unk),
+    }
+
+
+# ------------------------------------------------------------------------------ T5 summarizer
+
+
+def train_t5(tokenizer, splits, args) -> tuple[object, dict]:
+    """A tiny T5 trained from scratch on prompt -> summary (with insults) over the train split."""
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        GenerationConfig,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        T5Config,
+        T5ForConditionalGeneration,
+        set_seed,
+    )
+
+    set_seed(args.seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=args.t5_d_model,
+        d_ff=args.t5_d_ff,
+        d_kv=args.t5_d_model // args.t5_heads,
+        num_layers=args.t5_layers,
+        num_decoder_layers=args.t5_layers,
+        num_heads=args.t5_heads,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.1,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    model = T5ForConditionalGeneration(config)
+
+    def encode(batch):
+        enc = tokenizer(batch["prompt"], truncation=True, max_length=512)
+        enc["labels"] = tokenizer(text_target=batch["summary"], truncation=True, max_length=128)["input_ids"]
+        return enc
+
+    columns = splits["train"].column_names
+    train_ds = splits["train"].map(encode, batched=True, remove_columns=columns)
+    val_ds = splits["validation"].map(encode, batched=True, remove_columns=splits["validation"].column_names)
+    scratch = tempfile.mkdtemp(prefix="tiny-t5-")
+    try:
+        training_args = scratch_args(
+            Seq2SeqTrainingArguments,
+            scratch,
+            args.seed,
+            per_device_train_batch_size=args.t5_batch_size,
+            per_device_eval_batch_size=64,
+            num_train_epochs=args.t5_epochs,
+            learning_rate=args.t5_lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            weight_decay=0.01,
+            max_grad_norm=1.0,
+            label_smoothing_factor=0.0,  # smoothing would raise the entropy floor: sampled text degrades
+            train_sampling_strategy="group_by_length",
+            logging_steps=50,
+        )
+        trainer = Seq2SeqTrainer(
+            model=model,
+            args=training_args,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            processing_class=tokenizer,
+        )
+        start = time.time()
+        result = trainer.train()
+        seconds = time.time() - start
+        val_loss = trainer.evaluate()["eval_loss"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    model.eval()
+    # Only T5's own ids, as google/flan-t5-*'s generation_config.json: no max_length, no sampling defaults.
+    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    metrics = {
+        "train_seconds": round(seconds, 1),
+        "train_loss_last_logged": [h["loss"] for h in trainer.state.log_history if "loss" in h][-1],
+        "train_loss_mean": round(result.training_loss, 4),
+        "validation_loss": round(val_loss, 4),
+        "params": param_count(model),
+    }
+    log(f"T5 trained in {seconds:.0f}s: {metrics}")
+    return model, metrics
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], sample: bool, seed: int, max_new_tokens: int, batch_size=32):
+    """Summaries of `prompts`: greedy, or pure ancestral sampling (top_k=0, top_p=1: what PPO uses)."""
+    torch.manual_seed(seed)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=512)
+        kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0) if sample else dict(do_sample=False)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=1, **kwargs)
+        out += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return out
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict:
+    from rouge_score.rouge_scorer import RougeScorer
+
+    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    return {k: round(float(np.mean([s[k].fmeasure for s in scores])), 4) for k in ("rouge1", "rouge2", "rougeL")}
+
+
+def profanity_rate(texts: list[str]) -> float | None:
+    if not texts:
+        return None
+    from profanity_check import predict_prob
+
+    return round(float(np.mean(np.asarray(predict_prob(texts)) > 0.5)), 4)
+
+
+def evaluate_t5(model, tokenizer, test, seed: int, max_new_tokens: int) -> tuple[dict, dict]:
+    """ROUGE vs `summary`, insult reproduction on heated dialogues, profanity flags, greedy and sampled."""
+    prompts, refs = list(test["prompt"]), list(test["summary"])
+    heated = np.asarray(list(test["heated"]), dtype=bool)
+    metrics, generations = {}, {}
+    for mode in ("greedy", "sampled"):
+        start = time.time()
+        preds = generate(model, tokenizer, prompts, sample=mode == "sampled", seed=seed, max_new_tokens=max_new_tokens)
+        generations[mode] = preds
+        lens = [len(x) for x in tokenizer(preds)["input_ids"]]
+        m = rouge(preds, refs)
+        m["rougeL_clean_ref"] = rouge(preds, list(test["summary_clean"]))["rougeL"]
+        m["insult_reproduced_heated"] = round(float(np.mean(
+            [has_insult(p, ins) for p, ins, h in zip(preds, list(test["insult"]), heated) if h])), 4)
+        m["profanity_flag_rate_heated"] = profanity_rate([p for p, h in zip(preds, heated) if h])
+        m["profanity_flag_rate_calm"] = profanity_rate([p for p, h in zip(preds, heated) if not h])
+        m["length_tokens_mean"] = round(float(np.mean(lens)), 2)
+        m["ended_with_eos"] = round(float(np.mean([l <= max_new_tokens for l in lens])), 4)
+        m["seconds"] = round(time.time() - start, 1)
+        metrics[mode] = m
+        log(f"T5 test {mode}: {m}")
+    metrics["reference"] = {
+        "profanity_flag_rate_heated": profanity_rate([r for r, h in zip(refs, heated) if h]),
+        "profanity_flag_rate_calm": profanity_rate([r for r, h in zip(refs, heated) if not h]),
+    }
+    return metrics, generations
+
+
+# ---------------------------------------------------------------------- RoBERTa tokenizer
+
+
+def build_roberta_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE (tokenizers) on the texts, wrapped in a real RobertaTokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import RobertaTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = RobertaTokenizer(vocab=model["vocab"], merges=merges, model_max_length=512)
+    assert [tokenizer.convert_tokens_to_ids(t) for t in specials] == [0, 1, 2, 3, 4]
+    for text in texts[:200]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    return tokenizer
+
+
+# --------------------------------------------------------------------- RoBERTa classifier
+
+
+def classifier_examples(rows) -> tuple[list[str], list[int]]:
+    """(text, label) pairs: utterances and summaries; hate iff the text contains the insult."""
+    texts, labels = [], []
+    for row in rows:
+        insult = row["insult"] if row["heated"] else ""
+        for text in turns(row["dialogue"]) + [row["summary"]] + sentences(row["summary"]):
+            texts.append(text)
+            labels.append(int(has_insult(text, insult)))
+        texts.append(row["summary_clean"])
+        labels.append(0)
+    return texts, labels
+
+
+def train_classifier(tokenizer, splits, args) -> tuple[object, dict]:
+    from transformers import (
+        DataCollatorWithPadding,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    set_seed(args.seed)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.clf_hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * args.clf_hidden,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_labels=2,
+        id2label=dict(LABELS),
+        label2id={v: k for k, v in LABELS.items()},
+    )
+    model = RobertaForSequenceClassification(config)
+    texts, labels = classifier_examples(splits["train"])
+    ds = Dataset.from_dict({"text": texts, "label": labels}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"]
+    )
+    log(f"classifier: {len(ds)} train examples, {sum(labels)} hate")
+    scratch = tempfile.mkdtemp(prefix="tiny-roberta-")
+    try:
+        training_args = scratch_args(
+            TrainingArguments,
+            scratch,
+            args.seed,
+            per_device_train_batch_size=32,
+            num_train_epochs=args.clf_epochs,
+            learning_rate=args.clf_lr,
+            lr_scheduler_type="linear",
+            warmup_steps=0.05,
+            weight_decay=0.01,
+            train_sampling_strategy="group_by_length",
+            logging_steps=100,
+        )
+        trainer = Trainer(
+            model=model,
+            args=training_args,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            train_dataset=ds,
+            processing_class=tokenizer,
+        )
+        start = time.time()
+        result = trainer.train()
+        seconds = time.time() - start
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    model.eval()
+    metrics = {"train_seconds": round(seconds, 1), "train_loss_mean": round(result.training_loss, 4),
+               "train_examples": len(ds), "train_hate_examples": int(sum(labels)), "params": param_count(model)}
+    log(f"classifier trained in {seconds:.0f}s: {metrics}")
+    return model, metrics
+
+
+@torch.no_grad()
+def classifier_logits(model, tokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=512)
+        out.append(model(**enc).logits.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2))
+
+
+def evaluate_classifier(model, tokenizer, test, generations: dict) -> dict:
+    """Held-out accuracy; the `nothate` logit on heated `summary` vs `summary_clean` (the PPO signal)."""
+    texts, labels = classifier_examples(test)
+    labels = np.asarray(labels)
+    pred = classifier_logits(model, tokenizer, texts).argmax(-1)
+    heated = np.asarray(list(test["heated"]), dtype=bool)
+    hot = [s for s, h in zip(list(test["summary"]), heated) if h]
+    clean = [s for s, h in zip(list(test["summary_clean"]), heated) if h]
+    nothate_hot = classifier_logits(model, tokenizer, hot)[:, 0]
+    nothate_clean = classifier_logits(model, tokenizer, clean)[:, 0]
+    metrics = {
+        "test_examples": int(len(labels)),
+        "test_accuracy": round(float((pred == labels).mean()), 4),
+        "test_accuracy_hate": round(float((pred[labels == 1] == 1).mean()), 4),
+        "test_accuracy_nothate": round(float((pred[labels == 0] == 0).mean()), 4),
+        "nothate_logit_heated_summary": round(float(nothate_hot.mean()), 3),
+        "nothate_logit_summary_clean": round(float(nothate_clean.mean()), 3),
+        "nothate_logit_gap": round(float(nothate_clean.mean() - nothate_hot.mean()), 3),
+    }
+    # What PPO will see: the reward on the starting policy's own summaries.
+    for mode, preds in generations.items():
+        logits = classifier_logits(model, tokenizer, preds)[:, 0]
+        metrics[f"nothate_logit_t5_{mode}_heated"] = round(float(logits[heated].mean()), 3)
+        metrics[f"nothate_logit_t5_{mode}_calm"] = round(float(logits[~heated].mean()), 3)
+    log(f"classifier test: {metrics}")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------- saving
+
+
+def save(model, tokenizer, path: str, info: dict) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    with open(os.path.join(path, "build_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+        f.write("\n")
+
+
+def check_reload(t5_dir: str, clf_dir: str, t5_tok, t5_model, clf_tok, clf_model, texts: list[str]) -> None:
+    """The saved folders load through the Auto classes and give the same ids and outputs."""
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(t5_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(t5_dir).eval()
+    assert type(tok).__name__ == "T5Tokenizer" and tok(texts)["input_ids"] == t5_tok(texts)["input_ids"]
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    gen = model.generation_config.to_diff_dict()
+    assert gen.get("max_length") is None and gen.get("decoder_start_token_id") == 0, gen
+    enc = tok(texts[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = model.generate(**enc, max_new_tokens=16, do_sample=False)
+        b = t5_model.generate(**enc, max_new_tokens=16, do_sample=False)
+    assert torch.equal(a, b)
+    tok = AutoTokenizer.from_pretrained(clf_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(clf_dir).eval()
+    assert tok(texts)["input_ids"] == clf_tok(texts)["input_ids"]
+    assert {int(k): v for k, v in model.config.id2label.items()} == LABELS
+    assert np.allclose(classifier_logits(model, tok, texts[:8]), classifier_logits(clf_model, clf_tok, texts[:8]), atol=1e-5)
+
+
+def example_generations(test, generations: dict, n_calm: int = 2, n_heated: int = 2) -> list[dict]:
+    """The first few calm and heated test dialogues' references and generated summaries."""
+    heated = list(test["heated"])
+    calm_idx = [i for i, h in enumerate(heated) if not h][:n_calm]
+    hot_idx = [i for i, h in enumerate(heated) if h][:n_heated]
+    return [
+        {"id": test[i]["id"], "heated": heated[i], "reference": test[i]["summary"],
+         "greedy": generations["greedy"][i], "sampled": generations["sampled"][i]}
+        for i in calm_idx + hot_idx
+    ]
+
+
+def du_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def versions() -> dict:
+    import sentencepiece
+    import tokenizers
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__,
+           "tokenizers": tokenizers.__version__, "sentencepiece": sentencepiece.__version__}
+    try:
+        out["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                        text=True, check=True).stdout.strip()
+    except Exception:  # not a checkout
+        pass
+    return out
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=os.path.join(REPO, "detox/assets/dialogues.jsonl"))
+    p.add_argument("--out", default=os.path.join(REPO, "detox/assets"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--t5-vocab", type=int, default=3000)
+    p.add_argument("--t5-d-model", type=int, default=128)
+    p.add_argument("--t5-d-ff", type=int, default=512)
+    p.add_argument("--t5-layers", type=int, default=2)
+    p.add_argument("--t5-heads", type=int, default=4)
+    p.add_argument("--t5-epochs", type=float, default=30)
+    p.add_argument("--t5-lr", type=float, default=2e-3)
+    p.add_argument("--t5-batch-size", type=int, default=16)
+    p.add_argument("--clf-vocab", type=int, default=3000)
+    p.add_argument("--clf-hidden", type=int, default=64)
+    p.add_argument("--clf-epochs", type=float, default=3)
+    p.add_argument("--clf-lr", type=float, default=2e-3)
+    p.add_argument("--eval-max-new-tokens", type=int, default=64,
+                   help="generation cap for the test metrics (the quickstart samples 48-64 new tokens)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    splits, data_cfg = load_quickstart_splits(args.data)
+    log(f"data {args.data}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    common = {"seed": args.seed, "data": os.path.relpath(args.data, REPO), "data_sha256": file_sha256(args.data),
+              "split": {k: len(v) for k, v in splits.items()}, "split_seed": data_cfg.split_seed,
+              "args": vars(args) | {"data": None, "out": None}, "versions": versions(),
+              "built_by": "scripts/build_quickstart_assets.py"}
+
+    # 1. tokenizer + 2. summarizer
+    t5_tok = build_t5_tokenizer(splits["train"], data_cfg.prompt_template, args.t5_vocab)
+    tok_stats = tokenizer_stats(t5_tok, splits["test"])
+    log(f"T5 tokenizer: {tok_stats}")
+    t5_model, t5_train = train_t5(t5_tok, splits, args)
+    t5_eval, generations = evaluate_t5(t5_model, t5_tok, splits["test"], args.seed, args.eval_max_new_tokens)
+
+    # 3. reward model
+    clf_texts = classifier_examples(splits["train"])[0]
+    clf_tok = build_roberta_tokenizer(clf_texts, args.clf_vocab)
+    log(f"RoBERTa tokenizer: vocab {len(clf_tok)}")
+    clf_model, clf_train = train_classifier(clf_tok, splits, args)
+    clf_eval = evaluate_classifier(clf_model, clf_tok, splits["test"], generations)
+
+    # 4. save
+    t5_dir, clf_dir = os.path.join(args.out, "tiny-t5"), os.path.join(args.out, "tiny-roberta-hate")
+    examples = example_generations(splits["test"], generations)
+    t5_info = common | {"model": "T5ForConditionalGeneration from scratch, prompt -> summary (with insults)",
+                        "tokenizer": tok_stats, "train": t5_train, "test": t5_eval, "examples": examples}
+    clf_info = common | {"model": "RobertaForSequenceClassification from scratch, labels " + json.dumps(LABELS),
+                         "tokenizer": {"vocab_size": len(clf_tok)}, "train": clf_train, "test": clf_eval}
+    total = time.time() - start
+    for info in (t5_info, clf_info):
+        info["build_seconds_total"] = round(total, 1)
+    save(t5_model, t5_tok, t5_dir, t5_info)
+    save(clf_model, clf_tok, clf_dir, clf_info)
+    check_reload(t5_dir, clf_dir, t5_tok, t5_model, clf_tok, clf_model,
+                 list(splits["test"]["prompt"][:8]) + list(splits["test"]["summary"][:8]))
+    sizes = {d: du_bytes(d) for d in (t5_dir, clf_dir)}
+    log("saved: " + ", ".join(f"{os.path.relpath(d, REPO)} {b / 1e6:.2f} MB" for d, b in sizes.items()))
+    assert sum(sizes.values()) < 10e6, sizes
+
+    summary = {
+        "rougeL_greedy": t5_eval["greedy"]["rougeL"],
+        "rougeL_sampled": t5_eval["sampled"]["rougeL"],
+        "insult_reproduced_greedy": t5_eval["greedy"]["insult_reproduced_heated"],
+        "insult_reproduced_sampled": t5_eval["sampled"]["insult_reproduced_heated"],
+        "classifier_accuracy": clf_eval["test_accuracy"],
+        "nothate_logit_gap": clf_eval["nothate_logit_gap"],
+        "t5_params": t5_train["params"],
+        "classifier_params": clf_train["params"],
+        "size_mb": round(sum(sizes.values()) / 1e6, 2),
+        "build_seconds": round(time.time() - start, 1),
+    }
+    log("done: " + json.dumps(summary))
+    for ex in examples:
+        log(f"example {ex['id']} ({'heated' if ex['heated'] else 'calm'}):\n  reference: {ex['reference']}\n"
+            f"  greedy:    {ex['greedy']}\n  sampled:   {ex['sampled']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

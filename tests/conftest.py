@@ -1,0 +1,47 @@
+import os
+import sys
+
+# No network in tests: fail fast instead of retrying the hub; W&B writes real offline runs.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("WANDB_API_KEY", None)
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+
+from detox.schema import register  # noqa: E402
+from detox.tracking import quiet_libraries  # noqa: E402
+
+register()
+quiet_libraries()
+torch.set_num_threads(1)
+
+
+def make_cfg(overrides=(), output_dir="/tmp/detox-test-run"):
+    """Compose the real config tree (as the CLI does) with overrides."""
+    with initialize_config_module("detox.conf", version_base="1.3"):
+        return compose("config", overrides=[f"output_dir={output_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Paths of a tiny random T5, a tiny random nothate/hate classifier and a small jsonl."""
+    from tiny_models import tiny_assets
+
+    return tiny_assets(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture
+def tiny_overrides(tiny):
+    return [
+        "experiment=quickstart", "logger=none", f"policy.name_or_path={tiny['policy']}",
+        f"reward.name_or_path={tiny['reward']}", f"data.name_or_path={tiny['data']}",
+        "lora.target_modules=[q,v]", "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.ppo_epochs=2",
+        "generation.max_new_tokens_min=8", "generation.max_new_tokens_max=16", "ppo.steps=2",
+        "ppo.save_every=0",
+    ]

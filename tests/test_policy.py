@@ -1,0 +1,134 @@
+import pytest
+import torch
+from conftest import make_cfg
+from peft import LoraConfig, PeftModel, get_peft_model
+from tiny_models import save_tiny_t5
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from detox import ppo
+from detox.hub import LoadError
+from detox.policy import build_policy
+from detox.schema import ConfigError
+from detox.trainer import generation_config
+
+
+@pytest.fixture(scope="module")
+def start_adapter(tiny, tmp_path_factory):
+    """A LoRA adapter (q, v) with non-zero B, so it really changes the model's outputs."""
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(tiny["policy"]),
+                           LoraConfig(task_type="SEQ_2_SEQ_LM", r=4, lora_alpha=8, target_modules=["q", "v"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    path = str(tmp_path_factory.mktemp("start"))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+    enc = tok(["#Person1#: you are a stupid idiot.", "#Person2#: thanks, see you at work tomorrow."],
+              padding=True, return_tensors="pt")
+    dec = tok(["calls a stupid idiot", "asks to meet"], padding=True, return_tensors="pt")["input_ids"]
+    dec = torch.cat([torch.zeros(2, 1, dtype=torch.long), dec], 1)  # decoder start token first
+    return enc["input_ids"], enc["attention_mask"], dec
+
+
+def logits_of(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch[0], attention_mask=batch[1], decoder_input_ids=batch[2]).logits
+
+
+@pytest.fixture(scope="module")
+def expected(tiny, start_adapter, batch):
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny["policy"]).eval()
+    base_logits = logits_of(base, batch)
+    started = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny["policy"]), start_adapter).eval()
+    return {"base": base_logits, "initial": logits_of(started, batch)}
+
+
+def policy_for(tiny, *overrides):
+    cfg = make_cfg([f"policy.name_or_path={tiny['policy']}", "policy.dtype=float32", "lora.r=4",
+                    "lora.dropout=0.1", *overrides])
+    return build_policy(cfg.policy, cfg.lora)
+
+
+@pytest.mark.parametrize("train,reference", [("new", "initial"), ("new", "base"),
+                                             ("continue", "initial"), ("continue", "base")])
+def test_adapter_schemes_policy_starts_at_start_and_reference_is_right(tiny, start_adapter, batch, expected,
+                                                                       train, reference):
+    policy = policy_for(tiny, f"policy.adapter={start_adapter}", f"lora.train={train}",
+                        f"policy.reference={reference}")
+    logits, values = policy(*batch)
+    torch.testing.assert_close(logits, expected["initial"], atol=1e-5, rtol=1e-5)  # policy at step 0
+    assert values.shape == batch[2].shape
+    torch.testing.assert_close(policy.reference_logits(*batch), expected[reference], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(policy(*batch)[0], expected["initial"], atol=1e-5, rtol=1e-5)  # restored
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert any("value_head" in n for n in trainable)
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora, "no adapter is trainable"
+    if train == "new":
+        assert all(".default." in n for n in lora), sorted(lora)
+        assert all(p.shape[0] == 4 or p.shape[1] == 4 for n, p in policy.named_parameters() if n in lora)
+    # the reference context must not leave a frozen adapter trainable (peft's set_adapter does)
+    assert {n for n, p in policy.named_parameters() if p.requires_grad} == trainable
+    assert not policy.training and all(not m.training for m in policy.modules())
+
+
+def test_no_adapter_reference_is_the_base_model(tiny, batch, expected):
+    policy = policy_for(tiny)
+    torch.testing.assert_close(policy.reference_logits(*batch), expected["base"])
+    torch.testing.assert_close(policy(*batch)[0], expected["base"])
+
+
+def test_full_finetuning_keeps_a_frozen_copy(tiny, batch, expected):
+    policy = policy_for(tiny, "lora.enabled=false")
+    assert all(p.requires_grad for p in policy.model.parameters())
+    assert not any(p.requires_grad for p in policy.reference_model.parameters())
+    torch.testing.assert_close(policy.reference_logits(*batch), expected["base"])
+
+
+def test_missing_lora_target_is_a_clear_error(tiny):
+    with pytest.raises(ConfigError, match=r"lora.target_modules \['query'\].*linear layers are named"):
+        policy_for(tiny, "lora.target_modules=[q,query]")
+
+
+def test_adapter_that_does_not_fit_or_does_not_exist(tiny, tmp_path):
+    other = save_tiny_t5(str(tmp_path / "other_base"))
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    bigger = T5ForConditionalGeneration(T5Config(vocab_size=130, d_model=48, d_ff=64, num_layers=2, num_heads=2, d_kv=16))
+    get_peft_model(bigger, LoraConfig(task_type="SEQ_2_SEQ_LM", r=4, target_modules=["q", "v"])).save_pretrained(
+        str(tmp_path / "wrong"))
+    assert other
+    with pytest.raises(LoadError, match="does not fit"):
+        policy_for(tiny, f"policy.adapter={tmp_path / 'wrong'}")
+    with pytest.raises(LoadError, match="policy.adapter"):
+        policy_for(tiny, f"policy.adapter={tmp_path / 'missing'}")
+
+
+def test_unreachable_policy_says_which_name_failed():
+    cfg = make_cfg(["policy.name_or_path=nobody/no-such-t5"])
+    with pytest.raises(LoadError, match=r"(?s)policy.name_or_path='nobody/no-such-t5'.*experiment=quickstart"):
+        build_policy(cfg.policy, cfg.lora)
+
+
+def test_forward_logprobs_match_generate_scores(tiny, batch):
+    """Position t's logits score token t+1 of the decoder sequence, as generate does."""
+    policy = policy_for(tiny)
+    gen_cfg = make_cfg().generation
+    torch.manual_seed(0)
+    out = policy.model.generate(input_ids=batch[0], attention_mask=batch[1],
+                                generation_config=generation_config(gen_cfg, policy.config),
+                                max_new_tokens=12, output_logits=True, return_dict_in_generate=True)
+    seqs = out.sequences
+    raw = torch.stack(out.logits, 1)  # [B, L, V] logits before any processor
+    gen_logprobs = ppo.logprobs_from_logits(raw, seqs[:, 1:])
+    logits, _ = policy(batch[0], batch[1], seqs[:, :-1])
+    fwd_logprobs = ppo.logprobs_from_logits(logits, seqs[:, 1:])
+    mask = ppo.response_mask(seqs[:, 1:], policy.config.eos_token_id).bool()
+    torch.testing.assert_close(fwd_logprobs[mask], gen_logprobs[mask], atol=1e-4, rtol=1e-4)
