@@ -19,7 +19,7 @@ from detox.policy import build_policy, count_parameters, load_tokenizer
 from detox.results import Results, provenance
 from detox.reward import build_reward, check_reward_label
 from detox.schema import ConfigError, validate
-from detox.tracking import Tracker, plot_curves
+from detox.tracking import Tracker, plot_curves, read_metrics
 from detox.trainer import PPOTrainer
 
 log = logging.getLogger("detox")
@@ -92,9 +92,31 @@ def run_ppo(cfg: DictConfig) -> float:
     run_dir = cfg.output_dir
     os.makedirs(run_dir, exist_ok=True)
     resume_from = _resume_point(cfg, run_dir)
+    config = config_dict(cfg)
+    results = Results(run_dir, hydra_overrides(), config)
+    tracker = None
+    try:
+        trainer = build_ppo(cfg, resume_from)
+        results.update(provenance=provenance(model_provenance(cfg, trainer.policy, trainer.reward)))
+        tracker = trainer.tracker = Tracker(cfg.logger, run_dir, config, start_step=trainer.step)
+        metrics = train_loop(cfg, trainer, tracker, run_dir)
+        plot_curves(run_dir)
+        results.update(status="done", train=metrics, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        tracker.summary({f"final/{k}": v for k, v in metrics.items()})
+        tracker.finish(0)
+    except BaseException as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        if tracker is not None:
+            tracker.finish(1)
+        raise
+    print(f"\ndetox: run dir {os.path.abspath(run_dir)}\n"
+          "  metrics.jsonl, curves.png, rollouts.jsonl, results.json, final/adapter, final/value_head.safetensors")
+    return metrics.get("env/reward_mean", float("nan"))
+
+
+def build_ppo(cfg: DictConfig, resume_from: str | None) -> PPOTrainer:
     set_seed(cfg.seed)
     device = resolve_device(cfg.device)
-
     # Everything that can fail cheaply comes before any model weights load.
     extra = tuple(c for c in [cfg.eval.group_by, *cfg.eval.reference_columns] if c)
     splits = load_splits(cfg.data, extra_columns=extra)
@@ -108,32 +130,11 @@ def run_ppo(cfg: DictConfig) -> float:
              100 * trainable / total)
     reward_device = resolve_device(cfg.reward.device) if cfg.reward.device else device
     reward = build_reward(cfg.reward, reward_device)
-
-    config = config_dict(cfg)
-    results = Results(run_dir, hydra_overrides(), config)
-    results.update(provenance=provenance(model_provenance(cfg, policy, reward)))
     trainer = PPOTrainer(cfg, policy, tokenizer, reward, splits["train"], None, device)
     if resume_from:
-        state = load_checkpoint(resume_from, policy, trainer.optimizer, fingerprint(cfg))
-        trainer.load_state(state)
+        trainer.load_state(load_checkpoint(resume_from, policy, trainer.optimizer, fingerprint(cfg)))
         log.info("resumed from %s at step %d", resume_from, trainer.step)
-    tracker = None
-    try:
-        tracker = Tracker(cfg.logger, run_dir, config, start_step=trainer.step)
-        trainer.tracker = tracker
-        metrics = train_loop(cfg, trainer, tracker, run_dir)
-        plot_curves(run_dir)
-        results.update(status="done", train=metrics, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        tracker.summary({f"final/{k}": v for k, v in metrics.items()})
-        tracker.finish(0)
-    except BaseException as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
-        if tracker is not None:
-            tracker.finish(1)
-        raise
-    print(f"\ndetox: run dir {os.path.abspath(run_dir)}\n"
-          f"  metrics.jsonl, curves.png, rollouts.jsonl, results.json, final/adapter, final/value_head.safetensors")
-    return metrics.get("env/reward_mean", float("nan"))
+    return trainer
 
 
 def train_loop(cfg: DictConfig, trainer: PPOTrainer, tracker: Tracker, run_dir: str) -> dict:
@@ -152,6 +153,8 @@ def train_loop(cfg: DictConfig, trainer: PPOTrainer, tracker: Tracker, run_dir: 
             save_checkpoint(os.path.join(run_dir, "checkpoints", f"step-{trainer.step}"), trainer.policy,
                             trainer.optimizer, {**trainer.state(), "fingerprint": fingerprint(cfg)})
     bar.close()
+    if not metrics:  # resumed a run that had already finished its steps
+        metrics = {k: v for k, v in (read_metrics(run_dir) or [{}])[-1].items() if k != "step"}
     save_checkpoint(os.path.join(run_dir, "final"), trainer.policy, trainer.optimizer,
                     {**trainer.state(), "fingerprint": fingerprint(cfg)})
     return metrics

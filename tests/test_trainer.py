@@ -1,0 +1,129 @@
+import json
+import os
+
+import pytest
+import torch
+from conftest import make_cfg
+from safetensors.torch import load_file
+
+from detox import ppo
+from detox.checkpoint import CheckpointError
+from detox.data import load_splits
+from detox.policy import build_policy, load_tokenizer
+from detox.reward import build_reward
+from detox.stages import run_ppo
+from detox.tracking import read_metrics
+from detox.trainer import PPOTrainer
+
+CPU = torch.device("cpu")
+
+
+def make_trainer(overrides, tmp_path):
+    cfg = make_cfg(overrides, output_dir=str(tmp_path))
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg.data)
+    policy = build_policy(cfg.policy, cfg.lora)
+    trainer = PPOTrainer(cfg, policy, load_tokenizer(cfg.policy), build_reward(cfg.reward, CPU),
+                         splits["train"], None, CPU)
+    return trainer
+
+
+def test_first_minibatch_ratio_is_one_and_kl_zero(tiny_overrides, tmp_path):
+    trainer = make_trainer(tiny_overrides, tmp_path)
+    r = trainer.rollout(trainer.sampler.next_indices())
+    kl = (r.logprobs - r.ref_logprobs) * r.mask
+    assert kl.abs().max() < 1e-6
+    batch = {"input_ids": r.input_ids, "attention_mask": r.attention_mask,
+             "decoder_input_ids": r.decoder_input_ids, "response_ids": r.response_ids}
+    rows = torch.arange(trainer.ppo_cfg.mini_batch_size)
+    with torch.no_grad():
+        _, logprobs, _ = trainer.forward_logprobs(batch, rows)
+    ratio = torch.exp(logprobs - r.logprobs[rows])[r.mask[rows].bool()]
+    assert (ratio - 1).abs().max() < 1e-5
+    # and through the full step: the logged first ratio and the step-1 KL
+    metrics, _ = trainer.train_step()
+    assert abs(trainer.first_ratio - 1) < 1e-5
+    assert abs(metrics["objective/kl"]) < 1e-6
+
+
+def test_rollout_mask_ends_at_the_first_eos_and_respects_caps(tiny_overrides, tmp_path):
+    trainer = make_trainer(tiny_overrides, tmp_path)
+    r = trainer.rollout(trainer.sampler.next_indices())
+    eos = trainer.eos_id
+    lengths = r.mask.sum(1).long()
+    assert (lengths <= 15).all()  # caps drawn from [8, 16)
+    for row, n in zip(r.response_ids, lengths):
+        eos_positions = (row == eos).nonzero().flatten()
+        if len(eos_positions) and eos_positions[0] < n:
+            assert eos_positions[0] == n - 1  # EOS is the last response token, inside the mask
+    assert r.mask.shape == r.response_ids.shape == r.logprobs.shape
+    assert (r.mask[:, :-1] >= r.mask[:, 1:]).all()  # a prefix
+
+
+def test_training_changes_the_policy_but_not_the_reference(tiny_overrides, tmp_path):
+    trainer = make_trainer([*tiny_overrides, "ppo.learning_rate=5e-3"], tmp_path)
+    policy = trainer.policy
+    frozen_before = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
+    r = trainer.rollout([0, 1, 2, 3])
+    batch = (r.input_ids, r.attention_mask, r.decoder_input_ids)
+    ref_before = policy.reference_logits(*batch)
+    for _ in range(3):
+        trainer.train_step()
+        trainer.step += 1
+    for n, p in policy.named_parameters():
+        if n in frozen_before:
+            assert torch.equal(p, frozen_before[n]), n
+    torch.testing.assert_close(policy.reference_logits(*batch), ref_before, atol=0, rtol=0)
+    with torch.no_grad():
+        after = policy(*batch)[0]
+    assert (after - ref_before).abs().max() > 1e-3
+
+
+def test_kl_is_added_per_token_and_score_on_last_token(tiny_overrides, tmp_path):
+    trainer = make_trainer(tiny_overrides, tmp_path)
+    r = trainer.rollout(trainer.sampler.next_indices())
+    r.ref_logprobs = r.logprobs - 0.5 * r.mask  # pretend: k1 = 0.5 on every response token
+    adv = trainer.advantages(r)
+    assert adv["kl"].sum(1).tolist() == pytest.approx((0.5 * r.mask.sum(1)).tolist(), abs=1e-5)
+
+
+def test_resume_continues_exactly_where_it_stopped(tiny_overrides, tmp_path):
+    base = [*tiny_overrides, "ppo.save_every=1"]
+    straight = tmp_path / "straight"
+    run_ppo(make_cfg([*base, "ppo.steps=3"], output_dir=str(straight)))
+    resumed = tmp_path / "resumed"
+    run_ppo(make_cfg([*base, "ppo.steps=2"], output_dir=str(resumed)))
+    assert json.load(open(resumed / "results.json"))["status"] == "done"
+    run_ppo(make_cfg([*base, "ppo.steps=3"], output_dir=str(resumed)))
+    a, b = read_metrics(str(straight)), read_metrics(str(resumed))
+    assert [m["step"] for m in b] == [1, 2, 3]
+    for key in ("env/reward_mean", "objective/kl", "ppo/loss/policy", "response/length_mean"):
+        assert a[2][key] == pytest.approx(b[2][key], rel=1e-4, abs=1e-6), key
+    wa, wb = load_file(straight / "final" / "trainable.safetensors"), load_file(resumed / "final" / "trainable.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    assert os.path.isdir(resumed / "checkpoints" / "step-1")
+    assert json.load(open(resumed / "final" / "trainer_state.json"))["step"] == 3
+
+    with pytest.raises(CheckpointError, match=r"does not match this config.*lora"):
+        run_ppo(make_cfg([*base, "ppo.steps=4", "lora.r=8"], output_dir=str(resumed)))
+    with pytest.raises(CheckpointError, match="resume=false"):
+        run_ppo(make_cfg([*base, "ppo.steps=4", "resume=false"], output_dir=str(resumed)))
+
+
+def test_failed_run_is_marked_failed(tiny_overrides, tmp_path):
+    cfg = make_cfg([*tiny_overrides, "lora.target_modules=[nope]"], output_dir=str(tmp_path))
+    with pytest.raises(Exception, match="nope"):
+        run_ppo(cfg)
+    assert not os.path.exists(tmp_path / "final")
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["status"] == "failed" and "nope" in results["error"]
+
+
+def test_gae_and_whitening_use_only_response_tokens(tiny_overrides, tmp_path):
+    trainer = make_trainer(tiny_overrides, tmp_path)
+    r = trainer.rollout(trainer.sampler.next_indices())
+    adv = trainer.advantages(r)
+    m = r.mask.bool()
+    assert (adv["advantages"][~m] == 0).all()
+    assert abs(float(ppo.masked_mean(adv["advantages"], r.mask))) < 1e-5
