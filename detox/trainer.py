@@ -78,6 +78,7 @@ class PPOTrainer:
         self.sampler = PromptSampler(len(train_set), cfg.ppo.batch_size, seed=cfg.seed)
         self.length_rng = np.random.default_rng([cfg.seed, 1])
         self.step = 0
+        self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- state for checkpoints
     def state(self) -> dict:
@@ -126,7 +127,9 @@ class PPOTrainer:
         ).to(self.device)
         gen = self.cfg.generation
         caps = sample_max_new_tokens(self.length_rng, len(prompts), gen.max_new_tokens_min, gen.max_new_tokens_max)
+        t0 = time.perf_counter()
         sequences = self.generate(enc["input_ids"], enc["attention_mask"], caps)
+        self.timings["perf/generate_s"] = time.perf_counter() - t0
         response_ids = sequences[:, 1:]
         mask = ppo.response_mask(response_ids, self.eos_id, torch.as_tensor(caps, device=self.device))
         width = int(mask.sum(1).max())
@@ -136,7 +139,10 @@ class PPOTrainer:
         responses = self.tokenizer.batch_decode(
             [r[:n] for r, n in zip(response_ids.tolist(), lengths)], skip_special_tokens=True
         )
+        t0 = time.perf_counter()
         scores = self.reward.score(prompts, responses).float()
+        self.timings["perf/reward_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
 
         batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                  "decoder_input_ids": decoder_input_ids, "response_ids": response_ids}
@@ -153,6 +159,7 @@ class PPOTrainer:
             out["ref_logprobs"].append(ppo.logprobs_from_logits(ref_logits, response_ids[chunk]))
             del ref_logits
         cat = {k: torch.cat(v) for k, v in out.items()}
+        self.timings["perf/forward_s"] = time.perf_counter() - t0
         ids = list(rows[self.id_column]) if self.id_column else list(indices)
         return Rollout(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
@@ -230,7 +237,9 @@ class PPOTrainer:
         t0 = time.perf_counter()
         r = self.rollout(self.sampler.next_indices())
         adv = self.advantages(r)
+        t1 = time.perf_counter()
         stats = self.optimise(r, adv)
+        self.timings["perf/optimise_s"] = time.perf_counter() - t1
         mask = r.mask
         k1_per_seq = ((r.logprobs - r.ref_logprobs) * mask).sum(1)
         kl_mean = float(k1_per_seq.mean())
@@ -254,6 +263,7 @@ class PPOTrainer:
             "response/eos_rate": float(ended.float().mean()),
             "perf/step_time_s": step_time,
             "perf/samples_per_s": len(r.prompts) / step_time,
+            **self.timings,
         }
         self.first_ratio = stats["ppo/first_ratio"]
         return metrics, r
