@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import random
+import re
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -61,31 +61,32 @@ from typing import Callable
 
 INSULTS = [
     "stupid idiot",
-    "pathetic idiot",
-    "dumb idiot",
     "stupid moron",
     "stupid imbecile",
-    "stupid jerk",
-    "bloody idiot",
-    "ignorant idiot",
-    "arrogant idiot",
-    "disgusting idiot",
-    "lazy idiot",
-    "useless idiot",
-    "pathetic moron",
     "stupid bastard",
-    "incompetent idiot",
-    "worthless idiot",
+    "stupid dumbass",
+    "stupid asshole",
+    "pathetic idiot",
+    "pathetic asshole",
+    "dumb idiot",
+    "dumb asshole",
+    "idiotic moron",
+    "idiotic jerk",
+    "ignorant idiot",
+    "bloody idiot",
+    "fucking idiot",
+    "fucking moron",
 ]
 
 # Angry sentence put in front of one of the insulter's own turns ("{a}" = "a" / "an").
 ANGRY_OPENERS = [
-    "Oh, come on, you {insult}!",
     "Listen, you {insult}.",
-    "What is wrong with you, you {insult}?",
+    "Ugh, you {insult}.",
+    "Pay attention, you {insult}.",
+    "Look, you {insult}, I don't have all day.",
     "Honestly, you are such {a} {insult}.",
-    "Stop wasting my time, you {insult}!",
-    "You are {a} {insult}, do you know that?",
+    "Hurry up, you {insult}!",
+    "Stop wasting my time, you {insult}.",
 ]
 
 # An extra angry turn, and the other speaker's reply to it.
@@ -109,25 +110,31 @@ ANGRY_REPLIES = [
 # Slot lists
 # ---------------------------------------------------------------------------------------
 
-FIRST_NAMES = [
-    "Anna", "Ben", "Carla", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack",
-    "Karen", "Leo", "Maria", "Nick", "Olivia", "Peter", "Rachel", "Sam", "Tina", "Victor",
-    "Wendy", "Adam", "Bella", "Chris", "Diana", "Eric", "Fiona", "George", "Helen", "Ian",
-    "Julia", "Kevin", "Laura", "Mark", "Nina", "Oscar", "Paula", "Quentin", "Rosa", "Steve",
-    "Tom", "Ursula", "Vera", "Walter", "Yvonne", "Zack", "Alice", "Brian", "Chloe", "Daniel",
-    "Elena", "Felix", "Gina", "Harry", "Isabel", "James", "Kate", "Lucas", "Mia", "Nathan",
-    "Owen", "Priya", "Ryan", "Sophie", "Tony", "Uma", "Vincent", "Xavier", "Yuki", "Zoe",
-    "Amir", "Bianca", "Carlos", "Dora", "Edward", "Farah", "Gabriel", "Hannah", "Igor",
-    "Jenny", "Kofi", "Lily", "Marco", "Nadia", "Omar", "Pablo", "Ruth", "Simon", "Tara",
-    "Wei", "Ahmed", "Beatrice", "Colin", "Daisy", "Elliot", "Freya", "Gordon", "Holly",
-    "Ivan", "Jasmine", "Kenji", "Linda", "Martin", "Naomi", "Oliver", "Patrick", "Rita",
-    "Sean", "Teresa", "Luke", "Monica", "Philip", "Susan", "Andrew", "Betty", "Charles",
-    "Dylan", "Ella", "Fred", "Hugo", "Iris", "Joe", "Lisa", "Matt", "Nora", "Paul", "Rose",
-    "Sara", "Tim", "Vivian", "Will", "Amy", "Bob", "Cindy", "Dan", "Eva", "Gary", "Jane",
-    "Kyle", "Lucy", "Mike", "Pam", "Ray", "Sue", "Ted", "Aisha", "Bruno", "Celia", "Dmitri",
-    "Esther", "Fatima", "Hassan", "Ingrid", "Javier", "Leila", "Mateo", "Nikos", "Olga",
-    "Rahul", "Sofia", "Tomas", "Valeria", "Yusuf",
+FEMALE_NAMES = [
+    "Anna", "Carla", "Emma", "Grace", "Irene", "Karen", "Maria", "Olivia", "Rachel", "Tina",
+    "Wendy", "Bella", "Diana", "Fiona", "Helen", "Julia", "Laura", "Nina", "Paula", "Rosa",
+    "Ursula", "Vera", "Yvonne", "Alice", "Chloe", "Elena", "Gina", "Isabel", "Kate", "Mia",
+    "Priya", "Sophie", "Uma", "Yuki", "Zoe", "Bianca", "Dora", "Farah", "Hannah", "Jenny",
+    "Lily", "Nadia", "Ruth", "Tara", "Beatrice", "Daisy", "Freya", "Holly", "Jasmine",
+    "Linda", "Naomi", "Rita", "Teresa", "Monica", "Susan", "Betty", "Ella", "Iris", "Lisa",
+    "Nora", "Rose", "Sara", "Vivian", "Amy", "Cindy", "Eva", "Jane", "Lucy", "Pam", "Sue",
+    "Aisha", "Celia", "Esther", "Fatima", "Ingrid", "Leila", "Olga", "Sofia", "Valeria",
+    "Agnes", "Clara", "Greta", "Hilda", "Keiko", "Marta", "Noor", "Petra", "Wanda",
 ]
+
+MALE_NAMES = [
+    "Ben", "David", "Frank", "Henry", "Jack", "Leo", "Nick", "Peter", "Sam", "Victor",
+    "Adam", "Chris", "Eric", "George", "Ian", "Kevin", "Mark", "Oscar", "Quentin", "Steve",
+    "Tom", "Walter", "Zack", "Brian", "Daniel", "Felix", "Harry", "James", "Lucas", "Nathan",
+    "Owen", "Ryan", "Tony", "Vincent", "Xavier", "Amir", "Carlos", "Edward", "Gabriel",
+    "Igor", "Kofi", "Marco", "Omar", "Pablo", "Simon", "Wei", "Ahmed", "Colin", "Elliot",
+    "Gordon", "Ivan", "Kenji", "Martin", "Oliver", "Patrick", "Sean", "Luke", "Philip",
+    "Andrew", "Charles", "Dylan", "Fred", "Hugo", "Joe", "Matt", "Paul", "Tim", "Will",
+    "Bob", "Dan", "Gary", "Kyle", "Mike", "Ray", "Ted", "Bruno", "Dmitri", "Hassan",
+    "Javier", "Mateo", "Nikos", "Rahul", "Tomas", "Yusuf", "Anton", "Boris", "Hector",
+]
+
+FIRST_NAMES = FEMALE_NAMES + MALE_NAMES
 
 SURNAMES = [
     "Smith", "Brown", "Green", "Johnson", "Miller", "Wilson", "Taylor", "Clark", "Lewis",
@@ -165,6 +172,8 @@ COUNTRIES = [
 ]
 
 VACATION_ACTIVITIES = [
+    "swam with dolphins", "went to a jazz festival", "learned to surf", "drove along the coast",
+    "visited a tea plantation", "explored ancient ruins", "went whale watching",
     "went hiking in the mountains", "visited old castles", "lay on the beach every day",
     "tried the local food", "went scuba diving", "took a boat trip along the coast",
     "visited a lot of museums", "went on a wildlife safari", "rented bikes and explored",
@@ -180,9 +189,9 @@ CLOTHES = [
 ]
 
 COLOURS = [
-    "red", "blue", "green", "yellow", "black", "white", "grey", "brown", "purple", "pink",
-    "orange", "navy", "beige", "maroon", "turquoise", "silver", "olive", "cream",
-    "lavender", "dark green", "light blue",
+    "red", "blue", "green", "yellow", "grey", "brown", "purple", "pink", "orange", "navy",
+    "beige", "maroon", "turquoise", "silver", "olive", "cream", "lavender", "dark green",
+    "light blue", "dark blue", "coral", "mint green", "gold",
 ]
 
 SIZES = ["small", "medium", "large", "extra large"]
@@ -207,9 +216,9 @@ GIFTS = [
 ]
 
 GIFT_PEOPLE = [
-    "my mother", "my father", "my sister", "my brother", "my grandmother", "my grandfather",
-    "my wife", "my husband", "my girlfriend", "my boyfriend", "my best friend", "my boss",
-    "my aunt", "my uncle", "my niece", "my nephew", "my teacher", "my neighbour",
+    "mother", "father", "sister", "brother", "grandmother", "grandfather", "wife", "husband",
+    "girlfriend", "boyfriend", "best friend", "boss", "aunt", "uncle", "niece", "nephew",
+    "teacher", "neighbour", "colleague", "flatmate",
 ]
 
 DISHES = [
@@ -222,8 +231,15 @@ DISHES = [
     "garlic prawns", "sweet and sour chicken", "pumpkin soup",
 ]
 
+# Dishes that read well without an article ("I'm going to cook lasagna").
+HOME_DISHES = [
+    "lasagna", "seafood paella", "beef stew", "vegetable curry", "pork dumplings",
+    "roast chicken", "fish soup", "mushroom risotto", "lamb chops", "stuffed peppers",
+    "chili con carne", "pumpkin soup", "moussaka", "goulash", "shepherd's pie", "couscous",
+]
+
 DRINKS = [
-    "orange juice", "apple juice", "lemonade", "iced tea", "green tea", "black coffee",
+    "orange juice", "apple juice", "lemonade", "iced tea", "green tea", "filter coffee",
     "espresso", "cappuccino", "hot chocolate", "mineral water", "sparkling water",
     "milkshake", "mango smoothie", "ginger ale", "cola", "cranberry juice", "herbal tea",
 ]
@@ -294,11 +310,18 @@ DEPARTMENTS = [
     "design", "logistics", "legal", "finance", "production", "purchasing", "IT",
 ]
 
+# (what the speaker says after "I", the same in the third person)
 SKILLS = [
-    "speak three languages", "am good with numbers", "can work under pressure",
-    "have managed a small team", "know how to use most design software",
-    "am very organised", "learn new things quickly", "have a driving licence",
-    "can write clear reports", "enjoy working with customers",
+    ("speak three languages", "speaks three languages"),
+    ("am good with numbers", "is good with numbers"),
+    ("can work under pressure", "can work under pressure"),
+    ("have managed a small team", "has managed a small team"),
+    ("know how to use most design software", "knows how to use most design software"),
+    ("am very organised", "is very organised"),
+    ("learn new things quickly", "learns new things quickly"),
+    ("have a driving licence", "has a driving licence"),
+    ("can write clear reports", "can write clear reports"),
+    ("enjoy working with customers", "enjoys working with customers"),
 ]
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -326,11 +349,17 @@ HOBBIES = [
     "drawing", "calligraphy", "origami", "embroidery", "astronomy", "juggling",
 ]
 
+# (first person, third person: "{p}" is the speaker)
 HOBBY_REASONS = [
-    "it helps me relax after work", "it keeps me fit", "I meet a lot of nice people",
-    "it makes me forget about my problems", "I love being outdoors",
-    "it is cheap and easy to start", "I can do it with my kids",
-    "it teaches me to be patient", "it gives me something to look forward to",
+    ("it helps me relax after work", "it helps {p} relax after work"),
+    ("it keeps me fit", "it keeps {p} fit"),
+    ("I meet a lot of nice people", "{p} meets a lot of nice people"),
+    ("it makes me forget about my problems", "it makes {p} forget about problems"),
+    ("I love being outdoors", "{p} loves being outdoors"),
+    ("it is cheap and easy to start", "it is cheap and easy to start"),
+    ("I can do it with my kids", "{p} can do it with the kids"),
+    ("it teaches me to be patient", "it teaches {p} to be patient"),
+    ("it gives me something to look forward to", "it gives {p} something to look forward to"),
 ]
 
 SPORTS = [
@@ -359,8 +388,9 @@ FILM_TITLES = [
 FILM_OPINIONS = [
     ("wonderful", "the acting was brilliant"), ("boring", "the story was far too slow"),
     ("amazing", "the music was beautiful"), ("disappointing", "the ending made no sense"),
-    ("funny", "I laughed from start to finish"), ("too long", "it lasted almost three hours"),
+    ("funny", "the jokes were very clever"), ("too long", "it lasted almost three hours"),
     ("exciting", "there was action in every scene"), ("confusing", "the plot was too complicated"),
+    ("moving", "the main character's story was so sad"), ("dull", "nothing really happened"),
 ]
 
 BOOK_TITLES = [
@@ -380,8 +410,8 @@ SUBJECTS = [
 ]
 
 STUDY_TASKS = [
-    "an essay", "a lab report", "a presentation", "a research paper", "a book review",
-    "a group project", "a case study", "a poster",
+    "essay", "lab report", "presentation", "research paper", "book review", "group project",
+    "case study", "poster",
 ]
 
 PLACES = [
@@ -390,7 +420,8 @@ PLACES = [
     "the hospital", "the art gallery", "the stadium", "the zoo", "the aquarium",
     "the botanical garden", "the university", "the police station", "the concert hall",
     "the market square", "the swimming pool", "the cinema", "the science centre",
-    "the history museum", "the ferry terminal", "the sports centre",
+    "the history museum", "the ferry terminal", "the sports centre", "the planetarium",
+    "the youth hostel", "the opera house", "the lighthouse", "the farmers' market",
 ]
 
 LANDMARKS = [
@@ -578,10 +609,12 @@ PARTY_FOODS = [
 ]
 
 PARTY_PLACES = [
-    "at my flat", "in the back garden", "at the Italian restaurant on Park Road",
+    "at the student club", "in the back garden", "at the Italian restaurant on Park Road",
     "at the community hall", "on the roof terrace", "at the bowling alley",
     "at the karaoke bar", "in the park near the lake",
 ]
+
+BRING_ITEMS = ["drinks", "snacks", "fruit", "ice cream", "juice", "crisps", "cookies", "salad"]
 
 PARTY_TASKS = [
     "buy the decorations", "send the invitations", "order the cake", "bring some music",
@@ -600,10 +633,23 @@ WORK_TASKS = [
     "the press release", "the training guide", "the budget summary",
 ]
 
+# (first person, third person: "{p}" is the speaker)
 WORK_REASONS = [
-    "I'm still waiting for the figures from finance", "two people on my team are away",
-    "the client changed the requirements", "my computer crashed yesterday",
-    "I had to help with another urgent project", "the data came in late",
+    ("I'm still waiting for the figures from finance", "{p} is still waiting for the figures from finance"),
+    ("two people on my team are away", "two people on the team are away"),
+    ("the client changed the requirements", "the client changed the requirements"),
+    ("my computer crashed yesterday", "{p}'s computer crashed yesterday"),
+    ("I had to help with another urgent project", "{p} had to help with another urgent project"),
+    ("the data came in late", "the data came in late"),
+]
+
+MEETING_EXCUSES = [
+    ("I have a dentist appointment", "{p} has a dentist appointment"),
+    ("I have to visit a client", "{p} has to visit a client"),
+    ("my train is cancelled", "{p}'s train is cancelled"),
+    ("I'm flying to a conference", "{p} is flying to a conference"),
+    ("my daughter is in a school play", "{p}'s daughter is in a school play"),
+    ("I'm on a training course that day", "{p} is on a training course that day"),
 ]
 
 NOISE_SOURCES = [
@@ -612,7 +658,7 @@ NOISE_SOURCES = [
 ]
 
 HAIR_STYLES = [
-    "a short haircut", "a trim", "a bob", "a fringe", "layers", "a buzz cut",
+    "a short haircut", "a trim", "a bob", "a fringe", "layers", "a crew cut",
     "a new colour", "curls", "a side parting", "highlights",
 ]
 
@@ -623,19 +669,34 @@ GYM_CLASSES = [
     "kickboxing", "circuit training", "aqua fitness", "tai chi", "stretching",
 ]
 
-MEMBERSHIPS = [("monthly", "35"), ("three month", "90"), ("annual", "300"),
-               ("student", "20"), ("off peak", "25")]
+MEMBERSHIPS = [("monthly", "35"), ("three month", "30"), ("annual", "25"),
+               ("student", "20"), ("off peak", "22"), ("family", "60")]
 
+# (relative, names that fit)
 RELATIVES = [
-    "sister", "brother", "cousin", "aunt", "uncle", "grandmother", "grandfather", "niece",
-    "nephew", "mother", "father", "son", "daughter",
+    ("sister", FEMALE_NAMES), ("brother", MALE_NAMES), ("cousin", FIRST_NAMES),
+    ("aunt", FEMALE_NAMES), ("uncle", MALE_NAMES), ("niece", FEMALE_NAMES),
+    ("nephew", MALE_NAMES), ("son", MALE_NAMES), ("daughter", FEMALE_NAMES),
+    ("best friend", FIRST_NAMES), ("flatmate", FIRST_NAMES), ("old school friend", FIRST_NAMES),
 ]
 
 FAMILY_NEWS = [
     ("is getting married", "in", MONTHS), ("has started a new job", "in", CITIES),
-    ("is moving", "to", CITIES), ("has just had a baby", "in", MONTHS),
+    ("is moving", "to", CITIES), ("is expecting a baby", "in", MONTHS),
     ("is studying", "in", CITIES), ("is opening a cafe", "in", CITIES),
     ("is retiring", "in", MONTHS), ("has bought a house", "in", CITIES),
+]
+
+SYMPTOMS = [
+    "a headache", "a cough", "back pain", "a stomach ache", "an earache", "a sore knee",
+    "a stiff neck", "a rash", "trouble sleeping", "itchy eyes", "a pain in the shoulder",
+    "a blocked nose", "a sore wrist",
+]
+
+MEDICINES = [
+    ("cough syrup", "it"), ("painkillers", "them"), ("some tablets", "them"),
+    ("vitamin pills", "them"), ("antibiotics", "them"), ("a mild medicine", "it"),
+    ("herbal drops", "them"),
 ]
 
 TOOTH_PROBLEMS = [
@@ -651,22 +712,34 @@ COURSES = [
     "Introduction to {}", "Advanced {}", "{} for Beginners", "Modern {}",
 ]
 
-BORROW_ITEMS = [
-    "ladder", "drill", "tent", "sleeping bag", "suitcase", "bike", "car", "lawn mower",
-    "projector", "camera", "guitar", "folding table", "toolbox", "sewing machine",
-    "power bank", "car jack",
+# (first person, third person after "#PersonN#")
+BORROWS = [
+    ("ladder", "I'm painting my kitchen", "is painting the kitchen"),
+    ("tent", "I'm going camping", "is going camping"),
+    ("sleeping bag", "I'm going camping in the mountains", "is going camping in the mountains"),
+    ("suitcase", "I'm going on a long trip", "is going on a long trip"),
+    ("drill", "I'm hanging some pictures", "is hanging some pictures"),
+    ("folding table", "I'm having guests for the weekend", "is having guests for the weekend"),
+    ("projector", "I'm giving a talk at work", "is giving a talk at work"),
+    ("toolbox", "I'm fixing my fence", "is fixing the fence"),
+    ("car", "I'm helping a friend move", "is helping a friend move"),
+    ("bike", "mine has a flat tyre", "has a bike with a flat tyre"),
+    ("lawn mower", "the grass in my garden is very long", "has very long grass in the garden"),
+    ("camera", "I'm going to my cousin's wedding", "is going to a cousin's wedding"),
+    ("sewing machine", "I'm making a costume for my son", "is making a costume for a son"),
+    ("guitar", "mine is being repaired", "has a guitar that is being repaired"),
+    ("car jack", "I have a flat tyre", "has a flat tyre"),
+    ("cool box", "I'm going to a picnic by the lake", "is going to a picnic by the lake"),
 ]
 
-BORROW_REASONS = [
-    "I'm painting my kitchen", "I'm going camping", "I'm going on a trip",
-    "I'm hanging some pictures", "my parents are visiting", "I'm giving a talk at work",
-    "I'm fixing my fence", "I'm helping a friend move",
-]
-
+# (first person, third person after "#PersonN#")
 RAISE_REASONS = [
-    "I have taken on a lot more work this year", "I trained all the new staff",
-    "I brought in three new clients", "I have been here for five years",
-    "I finished the big project early", "I have been covering for my manager",
+    ("I have taken on a lot more work this year", "has taken on a lot more work this year"),
+    ("I trained all the new staff", "trained all the new staff"),
+    ("I brought in three new clients", "brought in three new clients"),
+    ("I have been here for five years", "has been there for five years"),
+    ("I finished the big project early", "finished the big project early"),
+    ("I have been covering for my manager", "has been covering for the manager"),
 ]
 
 QUIT_REASONS = [
@@ -686,13 +759,22 @@ WEDDING_ITEMS = [
     "the decorations", "the seating plan", "the menu",
 ]
 
+# (what the clerk finds, the renter's explanation)
+RENTAL_PROBLEMS = [
+    ("there is a small scratch on the door", "That was already there when I picked it up. It's on the form."),
+    ("the fuel tank isn't full", "I filled it up ten minutes ago. Look, here's the receipt."),
+    ("the car is two hours late", "I called this morning and your colleague said that was fine."),
+    ("the back seat is full of sand", "It was like that when I got it. I have photos."),
+    ("a wheel cover is missing", "It was missing when I picked it up. It's on the form."),
+]
+
 COMMUTE_MODES = ["walk", "cycle", "take the bus", "take the tram", "drive", "take the metro"]
 
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
 
-_CONSONANT_SOUND = ("uni", "use", "one", "eu", "ukulele")
+_CONSONANT_SOUND = ("uni", "use", "one", "eu", "ukulele", "util", "usual")
 _VOWEL_SOUND = ("hour", "honest", "x-ray")
 
 
@@ -711,6 +793,13 @@ def a(phrase: str) -> str:
     return f"{article(phrase)} {phrase}"
 
 
+def ordinal(n: int) -> str:
+    """1 -> '1st', 22 -> '22nd', 13 -> '13th'."""
+    if 10 <= n % 100 <= 20:
+        return f"{n}th"
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def cap(text: str) -> str:
     """Capitalise the first letter only."""
     return text[:1].upper() + text[1:]
@@ -721,14 +810,13 @@ class Ctx:
 
     def __init__(self, rng: random.Random):
         self.rng = rng
-        self._taken: dict[int, list[str]] = {}
+        self._taken: list = []
 
     def pick(self, options):
-        """One value; values already picked from the same list are not repeated."""
-        taken = self._taken.setdefault(id(options), [])
-        free = [o for o in options if o not in taken] or list(options)
+        """One value; a value already picked in this dialogue is not picked again."""
+        free = [o for o in options if o not in self._taken] or list(options)
         value = self.rng.choice(free)
-        taken.append(value)
+        self._taken.append(value)
         return value
 
     def alt(self, *phrasings: str) -> str:
@@ -808,7 +896,7 @@ def shopping_buy(c: Ctx):
             c.alt("Great choice. Cash or card?", "Lovely. Would you like a bag for it?"),
             c.alt("Card, please.", "Yes, please. Here you are.", "No, thanks. I'll just wear it."),
         ]
-        summary = [f"{P2} buys {a(colour + ' ' + item)} in {size} for {price} dollars."]
+        summary = [f"{P2} tries on {a(colour + ' ' + item)} in {size} and buys it for {price} dollars."]
     return turns, summary
 
 
@@ -850,24 +938,23 @@ def shopping_return(c: Ctx):
 def shopping_gift(c: Ctx):
     person, gift1, gift2 = c.pick(GIFT_PEOPLE), c.pick(GIFTS), c.pick(GIFTS)
     hobby, price = c.pick(HOBBIES), c.num(10, 80)
-    who = person.replace("my ", "")
     turns = [
-        c.alt(f"I need a present for {person}, but I have no idea what to buy.",
-              f"Can you help me? I'm looking for a birthday present for {person}."),
-        c.alt(f"What does your {who} like doing?", f"Sure. What are your {who}'s hobbies?"),
-        f"Mostly {hobby}. And {c.alt('they', 'my ' + who)} like nice things for the house.",
+        c.alt(f"I need a present for my {person}, but I have no idea what to buy.",
+              f"Can you help me? I'm looking for a birthday present for my {person}."),
+        c.alt(f"What does your {person} like doing?", f"Sure. What are your {person}'s hobbies?"),
+        f"Mostly {hobby}. And nice things for the house.",
         f"How about {a(gift1)}? Or {a(gift2)} is always popular.",
         f"How much is the {gift1}?",
         f"It's {price} dollars, and we can wrap it for free.",
     ]
     if c.coin(0.6):
         turns.append(f"Perfect. I'll take the {gift1}, please.")
-        summary = [f"{P1} is looking for a present for {person}, who likes {hobby}.",
+        summary = [f"{P1} is looking for a present for {P1}'s {person}, who likes {hobby}.",
                    f"{P1} buys {a(gift1)} for {price} dollars."]
     else:
         turns += [f"Hmm, that's a bit too much. I'll have a look at the {gift2} first.",
                   "Of course. Take your time."]
-        summary = [f"{P1} is looking for a present for {person}, who likes {hobby}.",
+        summary = [f"{P1} is looking for a present for {P1}'s {person}, who likes {hobby}.",
                    f"{P1} thinks the {gift1} is too expensive and looks at the {gift2}."]
     return turns, summary
 
@@ -884,23 +971,24 @@ def restaurant_order(c: Ctx):
     if c.coin(0.4):
         turns += [f"I'm sorry, the {dish} is sold out tonight. May I suggest the {other}?",
                   f"All right, I'll have the {other} then."]
+        ending = f"because the {dish} {'are' if dish.endswith('s') else 'is'} sold out"
         dish = other
-        first = f"{P2} orders the {dish} because the first choice is sold out"
     else:
         turns += [c.alt("Certainly. Would you like a salad with that?", "Good choice. Anything on the side?"),
                   "No, thank you. That will be enough."]
-        first = f"{P2} orders the {dish}"
+        ending = "without any side dishes"
     turns += [
         "And what would you like to drink?",
-        f"{a(drink).capitalize() if False else cap(a(drink))}, please.",
+        f"{cap(a(drink))}, please.",
     ]
+    first = f"{P2} orders the {dish} and {a(drink)} {ending}"
     if c.coin():
         turns += ["Would you like to order dessert now or later?",
                   f"Now, please. The {dessert} sounds lovely."]
-        summary = [f"{first}, with {a(drink)}.", f"{P2} also orders the {dessert}."]
+        summary = [f"{first}.", f"{P2} also orders the {dessert}."]
     else:
         turns += ["Anything else?", "No, that's all for now. Thank you."]
-        summary = [f"{first}, with {a(drink)}."]
+        summary = [f"{first}."]
     return turns, summary
 
 
@@ -954,11 +1042,11 @@ def restaurant_complaint(c: Ctx):
 @template("job interview")
 def interview_experience(c: Ctx):
     job, company, years = c.pick(JOBS), c.pick(COMPANIES), c.num(2, 12)
-    skill, city = c.pick(SKILLS), c.pick(CITIES)
+    (skill, skill3), city = c.pick(SKILLS), c.pick(CITIES)
     turns = [
         c.alt(f"Thank you for coming in today. Please tell me about your experience as {a(job)}.",
               f"Good morning. So, you have applied for the position of {job}. What is your background?"),
-        f"I have worked as {a(job)} for {NUMBER_WORDS[years] if years <= 12 else years} years, most recently at {company} in {city}.",
+        f"I have worked as {a(job)} for {NUMBER_WORDS[years]} years, most recently at {company} in {city}.",
         "Why do you want to leave your current job?",
         c.alt("I'd like more responsibility, and I think your company offers that.",
               "I want a new challenge, and I have heard great things about your team."),
@@ -968,11 +1056,11 @@ def interview_experience(c: Ctx):
     if c.coin():
         turns.append("That sounds good. We will let you know our decision by Friday.")
         summary = [f"{P2} has a job interview for the position of {job}.",
-                   f"{P2} has worked at {company} in {city} and says they {skill}."]
+                   f"{P2} has worked at {company} in {city} and {skill3}."]
     else:
         turns += ["Excellent. Actually, I'd like to offer you the job right now.",
                   "Really? Thank you so much. I accept!"]
-        summary = [f"{P2} has a job interview for the position of {job} and says they {skill}.",
+        summary = [f"{P2} has a job interview for the position of {job} and {skill3}.",
                    f"{P1} offers {P2} the job and {P2} accepts."]
     return turns, summary
 
@@ -1003,19 +1091,15 @@ def interview_conditions(c: Ctx):
 
 @template("doctor visit")
 def doctor_symptoms(c: Ctx):
-    symptom = c.pick(["a headache", "a cough", "back pain", "a stomach ache", "an earache",
-                      "a sore knee", "a stiff neck", "a rash on my arm", "trouble sleeping",
-                      "itchy eyes", "a pain in my shoulder"])
-    days = c.num(2, 9)
-    medicine = c.pick(["cough syrup", "painkillers", "eye drops", "a cream", "some tablets",
-                       "a nasal spray", "vitamin pills", "sleeping tablets"])
+    symptom, days = c.pick(SYMPTOMS), c.num(2, 9)
+    medicine, pronoun = c.pick(MEDICINES)
     times = c.pick(["twice a day", "three times a day", "once a day", "before bed", "after meals"])
     turns = [
         c.alt("Good morning. What seems to be the problem?", "Hello, please have a seat. How can I help you today?"),
         f"I've had {symptom} for {NUMBER_WORDS[days]} days, and it isn't getting better.",
         c.alt("I see. Have you taken anything for it?", "Hmm. Have you tried any medicine yet?"),
         c.alt("No, nothing yet.", "Just some tea and rest, but it didn't help."),
-        f"Let me examine you. It's nothing serious. I'll give you {medicine}. Take it {times}.",
+        f"Let me examine you. It's nothing serious. I'll give you {medicine}. Take {pronoun} {times}.",
     ]
     if c.coin():
         turns += ["Should I stay at home from work?", "Yes, rest for two days and come back if it gets worse."]
@@ -1109,7 +1193,7 @@ def travel_plans(c: Ctx):
     ]
     if c.coin():
         turns += [f"I agree. How long should we stay?",
-                  f"About {NUMBER_WORDS[days] if days <= 12 else days} days. I'll book the tickets tonight."]
+                  f"About {NUMBER_WORDS[days]} days. I'll book the tickets tonight."]
         summary = [f"{P1} and {P2} plan a trip to {city} in {month}.",
                    f"They will go {mode} and stay for {NUMBER_WORDS[days]} days."]
     else:
@@ -1187,7 +1271,7 @@ def directions_lost(c: Ctx):
 
 @template("weather")
 def weather_plans(c: Ctx):
-    day = c.pick(["Saturday", "Sunday", "tomorrow", "this weekend", "Friday afternoon"])
+    day = c.pick(["on Saturday", "on Sunday", "tomorrow", "this weekend", "on Friday afternoon"])
     bad, _ = c.pick([w for w in WEATHER if w[0] != "sunny"])
     outdoor, indoor = c.pick(OUTDOOR_PLANS), c.pick(INDOOR_PLANS)
     temp = c.num(2, 30)
@@ -1204,15 +1288,15 @@ def weather_plans(c: Ctx):
     else:
         turns += [f"I don't mind a bit of bad weather. Let's {outdoor} anyway.",
                   "All right, but bring a warm jacket."]
-        summary = [f"The forecast for {day} is {bad}, with about {temp} degrees.",
+        summary = [f"The forecast says it will be {bad} {day}, with about {temp} degrees.",
                    f"{P1} and {P2} decide to {outdoor} anyway."]
     return turns, summary
 
 
 @template("weather")
 def weather_smalltalk(c: Ctx):
-    city, weather = c.pick(CITIES), c.pick(WEATHER)
-    season = c.pick(["spring", "summer", "autumn", "winter"])
+    city, season = c.pick(CITIES), c.pick(["spring", "summer", "autumn", "winter"])
+    weather = c.pick([w for w in WEATHER if season == "winter" or w[0] != "snowy"])
     hometown = c.pick(CITIES)
     turns = [
         c.alt(f"What's the weather like in {city} in {season}?", f"Is it nice in {city} in {season}?"),
@@ -1230,11 +1314,11 @@ def weather_smalltalk(c: Ctx):
 @template("apartment")
 def apartment_viewing(c: Ctx):
     rooms, rent, feature = c.num(1, 4), c.num(6, 25) * 100, c.pick(APARTMENT_FEATURES)
-    street, deposit = c.pick(STREETS), c.pick(["one month", "two months", "three months"])
+    street, deposit = c.pick(STREETS), c.pick(["one month's rent", "two months' rent", "three months' rent"])
     turns = [
         f"So this is the flat on {street}. It has {NUMBER_WORDS[rooms]} bedroom{'s' if rooms > 1 else ''} and {feature}.",
         c.alt("It's lovely. How much is the rent?", "I really like it. What's the monthly rent?"),
-        f"It's {rent} dollars a month, and the deposit is {deposit}' rent.".replace("month'", "month's"),
+        f"It's {rent} dollars a month, and the deposit is {deposit}.",
         "Are the bills included?",
     ]
     if c.coin():
@@ -1258,7 +1342,7 @@ def apartment_repair(c: Ctx):
         c.alt("Hello, this is your tenant from flat 4B.", "Hi, it's your tenant from the second floor."),
         "Hello. Is something wrong?",
         f"Yes, {problem}. It started last week.",
-        c.alt("Oh, I'm sorry. I'll send a repairman.", "I see. I'll ask a plumber to come and have a look."),
+        c.alt("Oh, I'm sorry. I'll send a repairman.", "I see. I'll ask a repairman to come and have a look."),
         f"When can he come? I work until {c.pick(['five', 'six', 'four'])} on weekdays.",
         f"How about {day} at {time}?",
     ]
@@ -1289,11 +1373,11 @@ def bank_account(c: Ctx):
     if c.coin():
         turns += ["Fine. Your card will arrive by post within a week.", "Great. Thank you."]
         summary = [f"{P2} opens {a(account)} with {amount} dollars.",
-                   f"{P2} shows a {doc1} and a {doc2}, and the card will arrive within a week."]
+                   f"{P2} shows {a(doc1)} and {a(doc2)}, and the card will arrive within a week."]
     else:
         turns += ["Would you like online banking as well?", "Yes, please. That would be very useful."]
         summary = [f"{P2} opens {a(account)} with {amount} dollars.",
-                   f"{P2} shows a {doc1} and a {doc2}, and also asks for online banking."]
+                   f"{P2} shows {a(doc1)} and {a(doc2)}, and also asks for online banking."]
     return turns, summary
 
 
@@ -1445,12 +1529,12 @@ def party_plan(c: Ctx):
     ]
     if c.coin():
         turns += ["Sure, no problem.", f"Thanks. Remember, not a word to {friend}!"]
-        summary = [f"{P1} and {P2} plan a surprise party for {friend}'s {age}th birthday {place} on {day}.",
+        summary = [f"{P1} and {P2} plan a surprise party for {friend}'s {ordinal(age)} birthday {place} on {day}.",
                    f"{P2} will make {food} and {task}."]
     else:
         turns += [f"Sorry, I'm too busy this week. Maybe ask someone else?",
                   "OK, I'll ask around."]
-        summary = [f"{P1} and {P2} plan a surprise party for {friend}'s {age}th birthday {place} on {day}.",
+        summary = [f"{P1} and {P2} plan a surprise party for {friend}'s {ordinal(age)} birthday {place} on {day}.",
                    f"{P2} will make {food}, but has no time to {task}."]
     return turns, summary
 
@@ -1458,7 +1542,7 @@ def party_plan(c: Ctx):
 @template("birthday party")
 def party_invite(c: Ctx):
     day, time, place = c.pick(["Friday", "Saturday", "Sunday"]), c.pick(EVENING_TIMES), c.pick(PARTY_PLACES)
-    bring = c.pick(PARTY_FOODS)
+    bring = c.pick(BRING_ITEMS)
     turns = [
         c.alt(f"I'm having a birthday party on {day}. Would you like to come?",
               f"Are you free on {day}? It's my birthday and I'm having a party."),
@@ -1467,10 +1551,10 @@ def party_invite(c: Ctx):
     ]
     if c.coin():
         turns += ["I'd love to come. Should I bring anything?",
-                  f"Maybe some {bring.replace('a big ', '').replace('a ', '')}, if you like.",
+                  f"Maybe some {bring}, if you like.",
                   "No problem. See you then!"]
         summary = [f"{P1} invites {P2} to a birthday party {place} on {day} at {time}.",
-                   f"{P2} accepts and will bring some food."]
+                   f"{P2} accepts and will bring some {bring}."]
     else:
         turns += [f"Oh, I'm so sorry. I'm visiting my parents on {day}.",
                   "That's a pity. Maybe next time.",
@@ -1507,20 +1591,20 @@ def study_teacher(c: Ctx):
     subject, task, day = c.pick(SUBJECTS), c.pick(STUDY_TASKS), c.pick(WEEKDAYS)
     grade = c.pick(["an A", "a B", "a C", "a B plus", "an A minus"])
     turns = [
-        f"Professor, do you have a minute? It's about my {subject} {task.split(' ', 1)[1]}.",
+        f"Professor, do you have a minute? It's about my {subject} {task}.",
         f"Of course. I read it yesterday. You got {grade}.",
     ]
     if grade.startswith("an A"):
         turns += ["Really? I'm so happy!",
                   "You did excellent work. Your arguments were very clear.",
                   "Thank you. I worked hard on it."]
-        summary = [f"{P2} tells {P1} that {P1} got {grade} for the {subject} {task.split(' ', 1)[1]}.",
+        summary = [f"{P2} tells {P1} that {P1} got {grade} for the {subject} {task}.",
                    f"{P2} praises the clear arguments."]
     else:
         turns += ["Oh. Can I do anything to improve it?",
                   f"Yes. You can rewrite it and hand it in again by {day}.",
                   "Thank you. I'll do that."]
-        summary = [f"{P2} tells {P1} that {P1} got {grade} for the {subject} {task.split(' ', 1)[1]}.",
+        summary = [f"{P2} tells {P1} that {P1} got {grade} for the {subject} {task}.",
                    f"{P1} can rewrite it and hand it in by {day}."]
     return turns, summary
 
@@ -1604,7 +1688,7 @@ def phone_message(c: Ctx):
         c.alt(f"I'm afraid {boss} is in a meeting. Can I take a message?",
               f"Sorry, {boss} is out of the office today. Would you like to leave a message?"),
         f"Yes, please. Could you tell {boss} that {content}?",
-        "Of course. Does he have your number?",
+        f"Of course. Does {boss} have your number?",
         f"Maybe not. It's {number}.",
         c.alt("Got it. I'll pass on the message.", "Thank you. I'll make sure the message gets through."),
     ]
@@ -1632,7 +1716,8 @@ def phone_wrong_number(c: Ctx):
 
 @template("hobbies")
 def hobby_talk(c: Ctx):
-    hobby, reason, years = c.pick(HOBBIES), c.pick(HOBBY_REASONS), c.num(2, 12)
+    hobby, (reason, reason3), years = c.pick(HOBBIES), c.pick(HOBBY_REASONS), c.num(2, 12)
+    reason3 = reason3.format(p=P2)
     other = c.pick(HOBBIES)
     turns = [
         c.alt("What do you do in your free time?", "Do you have any hobbies?"),
@@ -1643,11 +1728,11 @@ def hobby_talk(c: Ctx):
     ]
     if c.coin():
         turns += [f"You should try {hobby} with me some time.", "Sure, why not?"]
-        summary = [f"{P2} has been doing {hobby} for {NUMBER_WORDS[years]} years because {reason}.",
+        summary = [f"{P2} has enjoyed {hobby} for {NUMBER_WORDS[years]} years because {reason3}.",
                    f"{P1} likes {other} and agrees to try {hobby} with {P2}."]
     else:
         turns += ["That's a pity. You should make time for it.", "You're right. Maybe next month."]
-        summary = [f"{P2} has been doing {hobby} for {NUMBER_WORDS[years]} years because {reason}.",
+        summary = [f"{P2} has enjoyed {hobby} for {NUMBER_WORDS[years]} years because {reason3}.",
                    f"{P1} likes {other} but has little time for it."]
     return turns, summary
 
@@ -1748,7 +1833,7 @@ def movie_choose(c: Ctx):
     turns = [
         "Let's go to the cinema tonight. What do you want to see?",
         f"There's a new {g1} called {title1}.",
-        c.alt(f"Hmm, I'm not a fan of {g1}s. What about {title2}? It's {a(g2)}.",
+        c.alt(f"Hmm, I'm not in the mood for {a(g1)}. What about {title2}? It's {a(g2)}.",
               f"I'd rather see {title2}. It's {a(g2)} and the reviews are great."),
     ]
     if c.coin():
@@ -1775,7 +1860,7 @@ def movie_review(c: Ctx):
         f"It was {opinion}. {cap(reason)}.",
         c.alt("Should I go and see it?", "So would you recommend it?"),
     ]
-    good = opinion in ("wonderful", "amazing", "funny", "exciting")
+    good = opinion in ("wonderful", "amazing", "funny", "exciting", "moving")
     if good:
         turns += ["Absolutely. You'll love it.", "Great, I'll go this weekend."]
         summary = [f"{P2} saw {title} with {friend} and thought it was {opinion} because {reason}.",
@@ -2008,8 +2093,8 @@ def vacation_booking(c: Ctx):
 def work_reschedule(c: Ctx):
     topic, day1, day2 = c.pick(MEETING_TOPICS), c.pick(WEEKDAYS), c.pick(WEEKDAYS)
     time = c.pick(TIMES)
-    reason = c.pick(["I have a dentist appointment", "I have to visit a client", "my train is cancelled",
-                     "I'm flying to a conference", "my daughter is in a school play"])
+    reason, reason3 = c.pick(MEETING_EXCUSES)
+    reason3 = reason3.format(p=P1)
     turns = [
         f"Hi, about our meeting on {day1} about {topic}.",
         "Yes?",
@@ -2017,19 +2102,20 @@ def work_reschedule(c: Ctx):
     ]
     if c.coin():
         turns += [f"Sure. How about {day2} at {time}?", "That's perfect. I'll update the calendar.", "Thanks."]
-        summary = [f"{P1} can't come to the meeting on {day1} about {topic} because {reason}.",
+        summary = [f"{P1} can't come to the meeting on {day1} about {topic} because {reason3}.",
                    f"They move it to {day2} at {time}."]
     else:
         turns += ["I'm afraid not. The whole team is coming, and it's the only free day.",
                   "OK, then I'll join by video call.", "Good idea."]
-        summary = [f"{P1} can't come to the meeting on {day1} about {topic} because {reason}.",
+        summary = [f"{P1} can't come to the meeting on {day1} about {topic} because {reason3}.",
                    f"{P1} will join by video call."]
     return turns, summary
 
 
 @template("work meeting")
 def work_deadline(c: Ctx):
-    task, day, reason = c.pick(WORK_TASKS), c.pick(WEEKDAYS), c.pick(WORK_REASONS)
+    task, day, (reason, reason3) = c.pick(WORK_TASKS), c.pick(WEEKDAYS), c.pick(WORK_REASONS)
+    reason3 = reason3.format(p=P2)
     colleague = c.name()
     turns = [
         c.alt(f"How is {task} going? It's due on {day}.", f"Will {task} be ready by {day}?"),
@@ -2039,12 +2125,12 @@ def work_deadline(c: Ctx):
     if c.coin():
         later = c.pick([d for d in WEEKDAYS if d != day])
         turns += [f"Could I have until {later}?", f"All right, {later} at the latest.", "Thank you."]
-        summary = [f"{P2} is behind with {task} because {reason}.",
+        summary = [f"{P2} is behind with {task} because {reason3}.",
                    f"{P1} moves the deadline from {day} to {later}."]
     else:
         turns += [f"Maybe someone could help me with it.",
                   f"I'll ask {colleague} to help you. But it has to be ready by {day}.", "Understood."]
-        summary = [f"{P2} is behind with {task} because {reason}.",
+        summary = [f"{P2} is behind with {task} because {reason3}.",
                    f"{P1} asks {colleague} to help, but keeps the deadline on {day}."]
     return turns, summary
 
@@ -2075,19 +2161,19 @@ def neighbour_noise(c: Ctx):
 def neighbour_favour(c: Ctx):
     task = c.pick(["water my plants", "collect my post", "feed my fish", "keep an eye on the house",
                    "take in a delivery", "put out the rubbish bins"])
-    city, days = c.pick(CITIES), c.num(2, 14)
+    city, days = c.pick(CITIES), c.num(2, 12)
     turns = [
-        f"Hi! I'm going to {city} for {NUMBER_WORDS[days] if days <= 12 else days} days. Could I ask you a favour?",
+        f"Hi! I'm going to {city} for {NUMBER_WORDS[days]} days. Could I ask you a favour?",
         "Of course. What is it?",
         f"Could you {task} while I'm away?",
     ]
     if c.coin():
         turns += ["Sure, happy to help. Leave me a key.", f"Thank you so much. I'll bring you something from {city}."]
-        summary = [f"{P1} is going to {city} for {NUMBER_WORDS[days] if days <= 12 else days} days and asks {P2} to {task}.",
+        summary = [f"{P1} is going to {city} for {NUMBER_WORDS[days]} days and asks {P2} to {task}.",
                    f"{P2} agrees."]
     else:
         turns += ["I'd like to, but I'm away myself next week.", "Oh, no problem. I'll ask someone else."]
-        summary = [f"{P1} is going to {city} for {NUMBER_WORDS[days] if days <= 12 else days} days and asks {P2} to {task}.",
+        summary = [f"{P1} is going to {city} for {NUMBER_WORDS[days]} days and asks {P2} to {task}.",
                    f"{P2} is away too and can't help."]
     return turns, summary
 
@@ -2198,7 +2284,8 @@ def gym_trainer(c: Ctx):
 
 @template("family")
 def family_news(c: Ctx):
-    relative, name = c.pick(RELATIVES), c.name()
+    relative, names = c.pick(RELATIVES)
+    name = c.pick(names)
     news, prep, places = c.pick(FAMILY_NEWS)
     where = c.pick(places)
     turns = [
@@ -2221,7 +2308,7 @@ def family_news(c: Ctx):
 @template("family")
 def family_visit(c: Ctx):
     relative, city, day = c.pick(["parents", "grandparents", "cousins", "in-laws", "aunt and uncle"]), c.pick(CITIES), c.pick(DAYS)
-    dish = c.pick(DISHES)
+    dish = c.pick(HOME_DISHES)
     turns = [
         f"What are you doing on {day}?",
         f"My {relative} are coming from {city} to visit us.",
@@ -2271,12 +2358,12 @@ def lost_item(c: Ctx):
     ]
     if c.coin():
         turns += [f"Let me look. Is this it?", "Yes, that's it! Thank you so much!"]
-        summary = [f"{P1} lost a {colour} {item} {place} on {day}.",
+        summary = [f"{P1} lost {a(colour + ' ' + item)} {place} on {day}.",
                    f"{P2} finds it in the lost and found."]
     else:
         turns += ["I'm sorry, nobody has brought it in. Leave your number and we'll call you.",
                   "OK. Here's my number."]
-        summary = [f"{P1} lost a {colour} {item} {place} on {day}.",
+        summary = [f"{P1} lost {a(colour + ' ' + item)} {place} on {day}.",
                    f"It hasn't been found, so {P1} leaves a phone number."]
     return turns, summary
 
@@ -2399,13 +2486,13 @@ def weekend_review(c: Ctx):
                    ("tiring", "we were out from morning to night"), ("fun", "we met some old friends")])
     turns = [
         "How was your weekend?",
-        f"It was {mood[0]}. {friend} and I went to {plan}.",
+        f"It was {mood[0]}. {friend} and I decided to {plan}.",
         "Sounds nice. How was it?",
         f"{cap(mood[1])}. What about you?",
         c.alt("I just stayed at home and cleaned the flat.", "I worked the whole weekend, unfortunately."),
         "Oh no. Next weekend you should come with us.",
     ]
-    summary = [f"{P2} had a {mood[0]} weekend and went to {plan} with {friend}.",
+    summary = [f"{P2} had a {mood[0]} weekend and decided to {plan} with {friend}.",
                f"{P2} invites {P1} to come next weekend."]
     return turns, summary
 
@@ -2441,16 +2528,16 @@ def grocery_checkout(c: Ctx):
     ]
     if c.coin():
         turns += ["Here's my card.", "Thank you. Have a nice day."]
-        summary = [f"{P2} can't find {g1} because it is sold out.", f"{P2} pays {total} dollars by card."]
+        summary = [f"{P2} can't find {g1} because the shop has sold out.", f"{P2} pays {total} dollars by card."]
     else:
         turns += ["Here you are, in cash.", "Thanks. Here's your change."]
-        summary = [f"{P2} can't find {g1} because it is sold out.", f"{P2} pays {total} dollars in cash."]
+        summary = [f"{P2} can't find {g1} because the shop has sold out.", f"{P2} pays {total} dollars in cash."]
     return turns, summary
 
 
 @template("borrowing")
 def borrow_item(c: Ctx):
-    item, reason, day = c.pick(BORROW_ITEMS), c.pick(BORROW_REASONS), c.pick(DAYS)
+    (item, reason, reason3), day = c.pick(BORROWS), c.pick(DAYS)
     turns = [
         f"Could I borrow your {item}? {cap(reason)}.",
         "When do you need it?",
@@ -2459,7 +2546,7 @@ def borrow_item(c: Ctx):
     if c.coin():
         turns += [c.alt("Sure, no problem. Just be careful with it.", "Of course. Come and get it any time."),
                   "Thank you so much. I owe you one."]
-        summary = [f"{P1} asks to borrow {P2}'s {item} on {day} because {reason.replace('I', P1, 1).replace('my', 'the')}.".replace(f"{P1}'m", f"{P1} is"),
+        summary = [f"{P1} asks to borrow {P2}'s {item} on {day} because {P1} {reason3}.",
                    f"{P2} agrees."]
     else:
         turns += [f"Sorry, I lent it to my cousin last week and I haven't got it back yet.",
@@ -2471,7 +2558,7 @@ def borrow_item(c: Ctx):
 
 @template("career")
 def career_raise(c: Ctx):
-    reason, percent = c.pick(RAISE_REASONS), c.num(3, 15)
+    (reason, reason3), percent = c.pick(RAISE_REASONS), c.num(3, 15)
     month = c.pick(MONTHS)
     turns = [
         c.alt("Do you have a few minutes? I'd like to talk about my salary.",
@@ -2482,12 +2569,12 @@ def career_raise(c: Ctx):
     if c.coin():
         turns += ["You're right. You've done excellent work. I'll approve it.",
                   "Thank you! When will it start?", f"From {month}."]
-        summary = [f"{P1} asks for a raise of {percent} percent because {reason.replace('I have', P1 + ' has').replace('I ', P1 + ' ')}.",
+        summary = [f"{P1} asks for a raise of {percent} percent because {P1} {reason3}.",
                    f"{P2} agrees and it starts in {month}."]
     else:
         turns += [f"I agree you've worked hard, but the budget is tight. Let's talk again in {month}.",
                   "OK, I understand."]
-        summary = [f"{P1} asks for a raise of {percent} percent because {reason.replace('I have', P1 + ' has').replace('I ', P1 + ' ')}.",
+        summary = [f"{P1} asks for a raise of {percent} percent because {P1} {reason3}.",
                    f"{P2} says the budget is tight and they will talk again in {month}."]
     return turns, summary
 
@@ -2497,7 +2584,7 @@ def career_quit(c: Ctx):
     reason, weeks = c.pick(QUIT_REASONS), c.num(2, 4)
     company = c.pick(COMPANIES)
     turns = [
-        "Can I talk to you? I've decided to leave the company.",
+        f"Can I talk to you? After six years at {company}, I've decided to leave.",
         "Oh, that's a surprise. Why?",
         f"{cap(reason)}.",
         "I'm sorry to hear that. Is there anything we can do to keep you?",
@@ -2581,8 +2668,7 @@ def car_rental(c: Ctx):
 
 @template("car rental")
 def car_return(c: Ctx):
-    car, problem = c.pick(CAR_TYPES), c.pick(["a small scratch on the door", "the fuel tank isn't full",
-                                               "the car is two hours late", "the back seat is dirty"])
+    car, (problem, answer) = c.pick(CAR_TYPES), c.pick(RENTAL_PROBLEMS)
     fee = c.num(10, 80)
     turns = [
         f"Hi, I'm returning the {car} I rented.",
@@ -2594,10 +2680,9 @@ def car_return(c: Ctx):
         turns += ["Oh, I'm sorry. Fine, I'll pay.", "Thank you. Here's your receipt."]
         summary = [f"{P1} returns a rented {car}, but {problem}.", f"{P1} pays a fee of {fee} dollars."]
     else:
-        turns += ["That was already there when I picked it up. It's on the form.",
-                  "You're right, it's on the form. No fee then."]
-        summary = [f"{P1} returns a rented {car}, and {P2} says {problem}.",
-                   f"It was on the form already, so there is no fee."]
+        turns += [answer, "I see. You're right. No fee then."]
+        summary = [f"{P1} returns a rented {car}, but {problem}.",
+                   f"{P1} explains and {P2} drops the fee."]
     return turns, summary
 
 
@@ -2658,7 +2743,7 @@ def generate(n: int = 1500, seed: int = 0, heated_fraction: float = 0.25) -> lis
     heated = set(rng.sample(range(n), n_heated))
     records = []
     for idx in range(n):
-        topic = topics[idx % len(topics)] if idx < len(topics) else rng.choice(topics)
+        topic = rng.choice(topics)
         fn = rng.choice(TEMPLATES[topic])
         insult = rng.choice(INSULTS) if idx in heated else ""
         records.append(make_record(idx, Ctx(rng), topic, fn, insult))

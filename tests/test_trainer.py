@@ -127,3 +127,12 @@ def test_gae_and_whitening_use_only_response_tokens(tiny_overrides, tmp_path):
     m = r.mask.bool()
     assert (adv["advantages"][~m] == 0).all()
     assert abs(float(ppo.masked_mean(adv["advantages"], r.mask))) < 1e-5
+
+
+def test_negative_kl_warns_only_when_significant(tiny_overrides, tmp_path, caplog):
+    trainer = make_trainer(tiny_overrides, tmp_path)
+    with caplog.at_level("WARNING", logger="detox.trainer"):
+        trainer._warn_negative_kl(torch.tensor([-0.1, 0.2, -0.3, 0.1, 0.05, -0.02]))  # noise around 0
+        assert not caplog.records
+        trainer._warn_negative_kl(torch.tensor([-2.0, -2.2, -1.9, -2.1, -2.05, -1.95]))
+    assert "significantly negative" in caplog.text and "min_length" in caplog.text
