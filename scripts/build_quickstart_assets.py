@@ -51,6 +51,7 @@ from omegaconf import OmegaConf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERSON_TAGS = ["#Person1#", "#Person2#", "#Person3#"]
+PERSON_PIECES = ["▁" + t for t in PERSON_TAGS] + PERSON_TAGS  # single pieces after a space, or not
 TURN_PREFIX = re.compile(r"^\s*#Person\d+#:\s*")
 LABELS = {0: "nothate", 1: "hate"}  # the real facebook/roberta-hate-speech-dynabench-r4-target order
 
@@ -118,61 +119,78 @@ def scratch_args(cls, output_dir: str, seed: int, **kwargs):
 # ------------------------------------------------------------------------------ T5 tokenizer
 
 
-def build_t5_tokenizer(train, template: str, vocab_size: int):
-    """A sentencepiece unigram model on the train split's text, wrapped in a real T5Tokenizer.
+def build_t5_tokenizer(train, vocab_size: int):
+    """A sentencepiece model on the train split's text, wrapped in a real T5Tokenizer.
 
-    T5's special ids (pad=0, eos=1, unk=2, no bos, no sentinels); `#PersonN#` are user-defined
-    symbols, so always single pieces. Identity normalisation with full character coverage: every
-    character of the training text is in the vocabulary, and decode(encode(x)) == x up to
-    whitespace (the T5 pre-tokenizer splits on whitespace, so a newline reads as a space).
+    T5's special ids: pad=0, eos=1, unk=2, no bos, no sentinels. The person tags are
+    user-defined symbols, so always single pieces: "▁#Person1#" (a tag after a space, which is
+    every tag here, since the pre-tokenizer splits on whitespace) and "#Person1#" (after any
+    other character). Identity normalisation with full character coverage: every character of
+    the training text is in the vocabulary, and decode(encode(x)) == x up to whitespace (the T5
+    pre-tokenizer splits on whitespace, so newlines and runs of spaces read as one space).
+
+    Trained as BPE, then scored as a unigram LM: transformers' T5Tokenizer is a Unigram model
+    (Viterbi over piece log-probs), and sentencepiece's own unigram trainer gives a poor
+    vocabulary on this small templated corpus (no "▁and"; ~12% more tokens). Each piece's score
+    is its log-frequency in the BPE segmentation of the training text, re-estimated once from
+    the Viterbi segmentation (an EM step), which reproduces BPE's token counts.
     """
     import sentencepiece as spm
-    from transformers import T5Tokenizer
 
-    lines = [line for line in template.replace("{dialogue}", "\n").split("\n") if line.strip()]
-    for row in train:
-        lines += [t for t in row["dialogue"].split("\n") if t.strip()]
-        lines += [row["summary"], row["summary_clean"]]
+    texts = [squash_ws(t) for t in list(train["prompt"]) + list(train["summary"]) + list(train["summary_clean"])]
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
+        sentence_iterator=iter(texts),
         model_writer=proto,
-        model_type="unigram",
+        model_type="bpe",
         vocab_size=vocab_size,
-        hard_vocab_limit=False,  # a smaller vocabulary if the text cannot fill it
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
-        user_defined_symbols=PERSON_TAGS,
+        user_defined_symbols=PERSON_PIECES,
         normalization_rule_name="identity",
         remove_extra_whitespaces=True,
         character_coverage=1.0,
-        max_sentencepiece_length=16,
+        max_sentence_length=1 << 16,
         num_threads=1,  # deterministic
         minloglevel=2,
     )
     sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
-    check_t5_tokenizer(tokenizer, sp, train)
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    fixed = 3 + len(PERSON_PIECES)  # special and user-defined pieces keep score 0 (always taken whole)
+    assert pieces[:fixed] == ["<pad>", "</s>", "<unk>", *PERSON_PIECES], pieces[:fixed]
+    segmentation = [sp.encode(t) for t in texts]
+    for _ in range(2):  # BPE counts, then one re-estimate from the Viterbi segmentation
+        tokenizer = unigram_t5_tokenizer(pieces, segmentation, fixed)
+        segmentation = [ids[:-1] for ids in tokenizer(texts)["input_ids"]]
+    check_t5_tokenizer(tokenizer, texts)
     return tokenizer
+
+
+def unigram_t5_tokenizer(pieces: list[str], segmentation: list[list[int]], fixed: int):
+    """A T5Tokenizer whose unigram scores are the pieces' log-frequencies in `segmentation`."""
+    from transformers import T5Tokenizer
+
+    counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in segmentation]), minlength=len(pieces))
+    logp = np.log(np.maximum(counts, 0.1) / counts.sum())  # unseen pieces: rare, not impossible
+    vocab = [(piece, 0.0 if i < fixed else float(logp[i])) for i, piece in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
 def squash_ws(text: str) -> str:
     return " ".join(text.split())
 
 
-def check_t5_tokenizer(tokenizer, sp, rows) -> None:
-    """Special ids, single-piece person tags, agreement with sentencepiece, exact round trips."""
+def check_t5_tokenizer(tokenizer, texts: list[str]) -> None:
+    """Special ids, single-piece person tags, eos appended, no unk, exact round trips."""
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
     assert tokenizer.bos_token_id is None
     for tag in PERSON_TAGS:
-        assert tokenizer.tokenize(f"{tag}: hi")[:2] == ["▁", tag], tokenizer.tokenize(f"{tag}: hi")
-    for row in rows.select(range(min(50, len(rows)))):
-        for text in (row["prompt"], row["summary"]):
-            ids = tokenizer(text)["input_ids"]
-            assert ids[-1] == 1 and 1 not in ids[:-1] and 2 not in ids, ids
-            assert ids[:-1] == sp.encode(squash_ws(text)), "HF tokenizer disagrees with sentencepiece"
-            assert tokenizer.decode(ids, skip_special_tokens=True) == squash_ws(text)
+        assert tokenizer.tokenize(f"{tag}: hi") == ["▁" + tag, ":", "▁hi"], tokenizer.tokenize(f"{tag}: hi")
+        assert tag in tokenizer.tokenize(f"({tag})"), tokenizer.tokenize(f"({tag})")
+    for text in texts[:200] + texts[-100:]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[-1] == 1 and 1 not in ids[:-1] and 2 not in ids and 0 not in ids, ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == squash_ws(text)
 
 
 def tokenizer_stats(tokenizer, rows) -> dict:
@@ -561,18 +579,18 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(REPO, "detox/assets"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--t5-vocab", type=int, default=3000)
+    p.add_argument("--t5-vocab", type=int, default=4000)
     p.add_argument("--t5-d-model", type=int, default=128)
     p.add_argument("--t5-d-ff", type=int, default=512)
     p.add_argument("--t5-layers", type=int, default=2)
     p.add_argument("--t5-heads", type=int, default=4)
-    p.add_argument("--t5-epochs", type=float, default=30)
+    p.add_argument("--t5-epochs", type=float, default=40)
     p.add_argument("--t5-lr", type=float, default=2e-3)
     p.add_argument("--t5-batch-size", type=int, default=16)
     p.add_argument("--clf-vocab", type=int, default=3000)
     p.add_argument("--clf-hidden", type=int, default=64)
-    p.add_argument("--clf-epochs", type=float, default=3)
-    p.add_argument("--clf-lr", type=float, default=2e-3)
+    p.add_argument("--clf-epochs", type=float, default=2)
+    p.add_argument("--clf-lr", type=float, default=5e-4)
     p.add_argument("--eval-max-new-tokens", type=int, default=64,
                    help="generation cap for the test metrics (the quickstart samples 48-64 new tokens)")
     return p.parse_args(argv)
@@ -590,7 +608,7 @@ def main(argv=None) -> dict:
               "built_by": "scripts/build_quickstart_assets.py"}
 
     # 1. tokenizer + 2. summarizer
-    t5_tok = build_t5_tokenizer(splits["train"], data_cfg.prompt_template, args.t5_vocab)
+    t5_tok = build_t5_tokenizer(splits["train"], args.t5_vocab)
     tok_stats = tokenizer_stats(t5_tok, splits["test"])
     log(f"T5 tokenizer: {tok_stats}")
     t5_model, t5_train = train_t5(t5_tok, splits, args)
