@@ -110,18 +110,22 @@ class Policy(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
-        with_values: bool = True,
+        with_values: bool = True, detach_values: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, T, V] and values [B, T] for decoder inputs [B, T].
 
         Position t holds the logits that produced token t+1 of the decoder sequence, and the
-        value is read at the same position.
+        value is read at the same position. detach_values: the value loss then trains the head
+        alone, not the (shared) decoder under it.
         """
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
             output_hidden_states=with_values, use_cache=False,
         )
-        values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
+        values = None
+        if with_values:
+            hidden = out.decoder_hidden_states[-1]
+            values = self.value_head(hidden.detach() if detach_values else hidden)
         return out.logits, values
 
     @torch.no_grad()

@@ -148,6 +148,8 @@ class PPOConfig:
     gradient_accumulation_steps: int = 1
     ppo_epochs: int = 1
     learning_rate: float = 1.41e-5
+    value_learning_rate: Optional[float] = None  # the value head's; null: learning_rate
+    value_warmup_steps: int = 0  # first steps train only the value head (veRL's critic warmup)
     adam_eps: float = 1e-8
     gamma: float = 1.0
     lam: float = 0.95
@@ -230,9 +232,11 @@ def validate(cfg: DictConfig) -> None:
                 "generation.max_new_tokens_max", "lora.r", "generation.temperature"):
         _positive(cfg, key)
     for key in ("ppo.kl.init_coef", "ppo.save_every", "data.min_chars", "generation.min_length",
-                "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "data.test_size",
+                "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "ppo.value_warmup_steps", "data.test_size",
                 "data.val_size", "eval.every_n_steps"):
         _positive(cfg, key, allow_zero=True)
+    if cfg.ppo.value_learning_rate is not None:
+        _positive(cfg, "ppo.value_learning_rate")
     if cfg.generation.batch_size is not None:
         _positive(cfg, "generation.batch_size")
     if cfg.ppo.batch_size % cfg.ppo.mini_batch_size:

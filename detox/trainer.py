@@ -70,8 +70,14 @@ class PPOTrainer:
         self.gen_config = generation_config(cfg.generation, policy.config)
         self.eos_id = policy.config.eos_token_id
         self.id_column = cfg.data.id_column
+        # A fresh value head predicts noise, and the advantages it yields push the policy at
+        # random: it may learn faster (value_learning_rate) or alone first (value_warmup_steps).
+        value_params = list(policy.value_head.parameters())
+        policy_params = [p for p in policy.trainable_parameters() if all(p is not v for v in value_params)]
         self.optimizer = torch.optim.AdamW(
-            policy.trainable_parameters(), lr=cfg.ppo.learning_rate, eps=cfg.ppo.adam_eps, weight_decay=0.0
+            [{"params": policy_params, "lr": cfg.ppo.learning_rate},
+             {"params": value_params, "lr": cfg.ppo.value_learning_rate or cfg.ppo.learning_rate}],
+            eps=cfg.ppo.adam_eps, weight_decay=0.0,
         )
         kl = cfg.ppo.kl
         self.kl_ctl = ppo.make_kl_controller(kl.controller.value, kl.init_coef, kl.target, kl.horizon)
@@ -110,10 +116,10 @@ class PPOTrainer:
         pad = self.policy.config.pad_token_id
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
 
-    def forward_logprobs(self, batch: dict, rows: torch.Tensor, with_values: bool = True):
+    def forward_logprobs(self, batch: dict, rows: torch.Tensor, detach_values: bool = False):
         logits, values = self.policy(
             batch["input_ids"][rows], batch["attention_mask"][rows], batch["decoder_input_ids"][rows],
-            with_values=with_values,
+            detach_values=detach_values,
         )
         return logits, ppo.logprobs_from_logits(logits, batch["response_ids"][rows]), values
 
@@ -191,6 +197,7 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {k: [] for k in
                                          ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
         generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.step)
+        warmup = self.step < cfg.value_warmup_steps
         epochs_done = 0
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(r.prompts), generator=generator).to(self.device)
@@ -200,7 +207,7 @@ class PPOTrainer:
                 minibatch = order[start : start + cfg.mini_batch_size]
                 for m in range(0, len(minibatch), micro):
                     rows = minibatch[m : m + micro]
-                    _, logprobs, values = self.forward_logprobs(batch, rows)
+                    _, logprobs, values = self.forward_logprobs(batch, rows, detach_values=warmup)
                     mask = r.mask[rows]
                     pg_loss, pg_stats = ppo.policy_loss(
                         logprobs, r.logprobs[rows], adv["advantages"][rows], mask, cfg.cliprange
@@ -208,7 +215,7 @@ class PPOTrainer:
                     vf_loss, vf_stats = ppo.value_loss(
                         values, r.values[rows], adv["returns"][rows], mask, cfg.cliprange_value
                     )
-                    ((pg_loss + cfg.vf_coef * vf_loss) / accum).backward()
+                    (((0.0 if warmup else pg_loss) + cfg.vf_coef * vf_loss) / accum).backward()
                     stats["policy"].append(pg_loss.item())
                     stats["value"].append(vf_loss.item())
                     stats["approxkl"].append(float(pg_stats["approxkl"]))

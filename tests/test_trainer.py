@@ -136,3 +136,16 @@ def test_negative_kl_warns_only_when_significant(tiny_overrides, tmp_path, caplo
         assert not caplog.records
         trainer._warn_negative_kl(torch.tensor([-2.0, -2.2, -1.9, -2.1, -2.05, -1.95]))
     assert "significantly negative" in caplog.text and "min_length" in caplog.text
+
+
+def test_value_warmup_trains_only_the_value_head(tiny_overrides, tmp_path):
+    trainer = make_trainer([*tiny_overrides, "ppo.value_warmup_steps=1", "ppo.value_learning_rate=1e-2"], tmp_path)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [trainer.ppo_cfg.learning_rate, 1e-2]
+    before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    trainer.train_step()
+    changed = {n for n, p in trainer.policy.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("value_head") for n in changed)
+    trainer.step += 1
+    trainer.train_step()  # warm-up over: the adapter moves too
+    assert any("lora_" in n for n, p in trainer.policy.named_parameters()
+               if p.requires_grad and not torch.equal(p, before[n]))
