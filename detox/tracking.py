@@ -120,6 +120,7 @@ def plot_curves(run_dir: str) -> str | None:
     axes[1].axhline(0, color="grey", lw=0.5)
     axes[1].set_title("KL to reference (objective/kl, nats/seq)")
     axes[2].plot(steps, series("objective/kl_coef"), color="tab:blue")
+    axes[2].set_ylim(bottom=0, top=max(1e-3, float(np.nanmax(series("objective/kl_coef")))) * 1.5)
     axes[2].set_title("KL coefficient (objective/kl_coef)")
     for ax in axes:
         ax.set_xlabel("PPO step")

@@ -10,7 +10,10 @@ using transformers' own classes and training machinery, and saves them into the 
   `#Person1#`..`#Person3#` single pieces). It is trained (`Seq2SeqTrainer`) on the TRAIN split:
   input = the prompt (the recipe's template around the dialogue), target = `summary`, the
   reference WITH the insult sentence of heated dialogues ("#Person2# calls #Person1# a stupid
-  idiot."). So the starting policy reproduces insults, which PPO is then meant to remove.
+  idiot."), except for a fixed share (`--clean-share`, by hash of the id) of heated dialogues
+  whose target is `summary_clean`. So the starting policy usually reproduces insults, which PPO
+  is then meant to remove, and sometimes leaves them out, which gives PPO something to reinforce
+  (a policy that always insults can only escape the penalty by breaking its summaries).
 - `detox/assets/tiny-roberta-hate/`: a tiny `RobertaForSequenceClassification` with a byte-level
   BPE tokenizer wrapped in a real `RobertaTokenizer`, labels `{0: "nothate", 1: "hate"}` (the
   order of facebook/roberta-hate-speech-dynabench-r4-target). It is trained (`Trainer`) on the
@@ -242,9 +245,20 @@ def train_t5(tokenizer, splits, args) -> tuple[object, dict]:
     )
     model = T5ForConditionalGeneration(config)
 
+    def target(row) -> str:
+        # Real summarizers sometimes leave an insult out. Training on the clean reference for a
+        # fixed share of heated dialogues gives the policy a small chance of an insult-free
+        # summary, which is what PPO can reinforce; without it the only insult-free outcomes
+        # it can sample are broken or empty summaries.
+        if row["heated"] and int(hashlib.sha256(row["id"].encode()).hexdigest(), 16) % 100 < 100 * args.clean_share:
+            return row["summary_clean"]
+        return row["summary"]
+
     def encode(batch):
         enc = tokenizer(batch["prompt"], truncation=True, max_length=512)
-        enc["labels"] = tokenizer(text_target=batch["summary"], truncation=True, max_length=128)["input_ids"]
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        targets = [target(r) for r in rows]
+        enc["labels"] = tokenizer(text_target=targets, truncation=True, max_length=128)["input_ids"]
         return enc
 
     columns = splits["train"].column_names
@@ -586,6 +600,8 @@ def parse_args(argv=None):
     p.add_argument("--t5-heads", type=int, default=4)
     p.add_argument("--t5-epochs", type=float, default=40)
     p.add_argument("--t5-lr", type=float, default=2e-3)
+    p.add_argument("--clean-share", type=float, default=0.15,
+                   help="share of heated train dialogues whose T5 target is summary_clean")
     p.add_argument("--t5-batch-size", type=int, default=16)
     p.add_argument("--clf-vocab", type=int, default=3000)
     p.add_argument("--clf-hidden", type=int, default=64)
