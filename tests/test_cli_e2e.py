@@ -14,9 +14,10 @@ from wandb_offline import read_run
 
 from detox.schema import asset_path
 
-E2E_STEPS = 48
-# A faster learning rate than the preset's, so that fewer steps show the reward rising.
-E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.learning_rate=3e-4", "ppo.save_every=24"]
+# The whole preset (about 100 s): with fewer steps, the batch-to-batch share of heated
+# prompts (8 of 32 on average) moves env/reward_mean more than learning does.
+E2E_STEPS = 60
+E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=30"]
 METRICS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
            "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl", "ppo/policy/clipfrac",
            "ppo/val/explained_variance", "ppo/returns/mean", "response/length_mean", "perf/step_time_s",
@@ -43,7 +44,7 @@ def test_run_dir_has_every_file(quickstart_run):
     run_dir, out = quickstart_run
     for name in ["metrics.jsonl", "curves.png", "results.json", "rollouts.jsonl", ".hydra/config.yaml",
                  "final/adapter/adapter_config.json", "final/value_head.safetensors", "final/trainer_state.json",
-                 "checkpoints/step-24/adapter/adapter_model.safetensors"]:
+                 "checkpoints/step-30/adapter/adapter_model.safetensors"]:
         assert (run_dir / name).exists(), name
     assert str(run_dir) in out.stdout  # tells the user where the outputs went
     results = json.load(open(run_dir / "results.json"))
@@ -57,12 +58,13 @@ def test_run_dir_has_every_file(quickstart_run):
 
 
 def test_reward_improves(quickstart_run):
-    """Last quarter of steps beats the first quarter. Margin chosen from several seeds (see
-    the issue note): the quickstart's heated summaries lose their insults within ~10 steps."""
+    """Last quarter of steps beats the first quarter. The margin comes from seeds 0, 1, 2 of
+    the preset, which gained 0.78, 0.70 and 0.33 (the reward is -3 / +3 per insulting /
+    clean summary, and a quarter of the prompts are heated)."""
     run_dir, _ = quickstart_run
     reward = np.array([json.loads(line)["env/reward_mean"] for line in open(run_dir / "metrics.jsonl")])
     q = len(reward) // 4
-    assert reward[-q:].mean() - reward[:q].mean() > 0.5, reward.round(2).tolist()
+    assert reward[-q:].mean() - reward[:q].mean() > 0.2, reward.round(2).tolist()
 
 
 def test_saved_adapter_reloads_and_generates(quickstart_run):
