@@ -179,6 +179,7 @@ def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
     reference_is_base = policy_cfg.reference == "base"
 
     if not lora_cfg.enabled:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we pin the one helper we use
         from trl.experimental.utils import create_reference_model
 
         if adapter:

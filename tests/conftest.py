@@ -43,5 +43,5 @@ def tiny_overrides(tiny):
         f"reward.name_or_path={tiny['reward']}", f"data.name_or_path={tiny['data']}",
         "lora.target_modules=[q,v]", "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.ppo_epochs=2",
         "generation.max_new_tokens_min=8", "generation.max_new_tokens_max=16", "ppo.steps=2",
-        "ppo.save_every=0",
+        "ppo.save_every=0", "ppo.value_warmup_steps=0",
     ]
