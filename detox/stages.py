@@ -92,6 +92,9 @@ def run_ppo(cfg: DictConfig) -> float:
     run_dir = cfg.output_dir
     os.makedirs(run_dir, exist_ok=True)
     resume_from = _resume_point(cfg, run_dir)
+    if cfg.eval.enabled:
+        log.warning("the held-out evaluation (eval.*) is not built yet: this run trains and logs "
+                    "training metrics only.")
     config = config_dict(cfg)
     results = Results(run_dir, hydra_overrides(), config)
     tracker = None
