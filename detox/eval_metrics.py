@@ -1,0 +1,66 @@
+"""Pure functions the evaluation report is computed from (issue 3 builds the stage on them).
+
+Everything takes plain arrays/strings so that a report can be recomputed from
+`eval/samples.jsonl` alone.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from rouge_score import rouge_scorer
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-example ROUGE F-measures (rouge-score, stemmed), {key: [N]}."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions vs {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    return {k: np.array([s[k].fmeasure for s in scores]) for k in ROUGE_KEYS}
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct n-grams / all n-grams over the whole set (a degeneration check); nan if none."""
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `values` [N] (paired differences for a change)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_change(before: np.ndarray, after: np.ndarray, **ci_kwargs) -> dict[str, float]:
+    """Mean change after - before over the same prompts, its CI, and the relative change."""
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if before.shape != after.shape:
+        raise ValueError(f"paired arrays differ in shape: {before.shape} vs {after.shape}")
+    delta = after - before
+    low, high = bootstrap_ci(delta, **ci_kwargs)
+    base = before.mean() if len(before) else float("nan")
+    return {"delta": float(delta.mean()) if len(delta) else float("nan"), "ci_low": low, "ci_high": high,
+            "relative": float(delta.mean() / base) if base else float("nan")}
+
+
+def exact_sequence_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence sum over response positions of the exact KL(policy || ref) over the whole
+    vocabulary: logits, ref_logits [B, T, V], mask [B, T] -> [B] (fp32).
+
+    Unlike the sampled k1 estimate this is >= 0 per token, and 0 exactly when the two
+    next-token distributions agree along the evaluated responses.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ref = torch.log_softmax(ref_logits.float(), dim=-1)
+    per_token = (logp.exp() * (logp - ref)).sum(-1)
+    return (per_token * mask.to(per_token.dtype)).sum(-1)
