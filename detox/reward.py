@@ -31,14 +31,14 @@ class RewardModel(Protocol):
         """Class probabilities [B, num_labels] of each text."""
 
 
-def resolve_label(id2label: dict, label: str, source: str) -> int:
+def resolve_label(id2label: dict, label: str, source: str, key: str = "reward.label") -> int:
     """Index of `label` in `id2label` (keys may be ints or strings, as configs store them)."""
     matches = [int(i) for i, name in id2label.items() if name == label]
     if not matches:
         names = [id2label[k] for k in sorted(id2label, key=int)]
         raise ConfigError(
-            f"reward.label={label!r} is not a label of {source}; its labels are {names}. "
-            f"Set reward.label to one of them."
+            f"{key}={label!r} is not a label of {source}; its labels are {names}. "
+            f"Set {key} to one of them."
         )
     return matches[0]
 

@@ -1,0 +1,82 @@
+"""Toxicity judges for evaluation: each maps texts to P(toxic) in [0, 1].
+
+- `reward`: the reward classifier itself, P(its toxic label) by softmax (or sigmoid for a
+  multi-label model), as `evaluate`'s toxicity measurement computes it. It is the model PPO
+  optimised against, so it is the judge most open to reward hacking.
+- `profanity`: alt-profanity-check, a classifier nothing here was optimised against.
+- any other entry: an HF sequence classifier by hub id or path, with its toxic label named
+  after a colon (`path:toxic`); without one, the label that is not the reward label
+  (`nothate`) of a binary model, or a label named like toxic/hate/offensive.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from detox.reward import HFReward, ProfanityReward, resolve_label
+from detox.schema import ConfigError
+
+TOXIC_NAMES = ("toxic", "toxicity", "hate", "offensive", "LABEL_1")
+
+
+class Judge:
+    def __init__(self, name: str, classifier, toxic_index: int):
+        self.name, self.classifier, self.toxic_index = name, classifier, toxic_index
+
+    def toxicity(self, texts: Sequence[str]) -> np.ndarray:
+        """P(toxic) [N] for each text."""
+        if not texts:
+            return np.zeros(0)
+        return np.asarray(self.classifier.probs(list(texts))[:, self.toxic_index], dtype=float)
+
+
+def toxic_index(id2label: dict, safe_label: str | None, toxic_label: str | None, source: str) -> int:
+    if toxic_label:
+        return resolve_label(id2label, toxic_label, source, key="the eval.judges label")
+    labels = {int(k): v for k, v in id2label.items()}
+    if safe_label and len(labels) == 2 and safe_label in labels.values():
+        return next(i for i, name in labels.items() if name != safe_label)
+    for name in TOXIC_NAMES:
+        if name in labels.values():
+            return next(i for i, n in labels.items() if n == name)
+    raise ConfigError(
+        f"cannot tell which label of {source} is the toxic one (labels {list(labels.values())}); "
+        f"name it in eval.judges as `{source}:<label>`."
+    )
+
+
+def build_judges(names: Sequence[str], reward_cfg: DictConfig, device: torch.device, reward=None) -> list[Judge]:
+    """Judges by name; `reward` reuses an already loaded reward model."""
+    judges = []
+    for entry in names:
+        if entry == "reward":
+            model = reward
+            if model is None:
+                from detox.reward import build_reward
+
+                model = build_reward(reward_cfg, device)
+            judges.append(Judge("reward", model, toxic_index(model.id2label, reward_cfg.label, None, "the reward model")))
+        elif entry == "profanity":
+            cfg = OmegaConf.create({"label": "clean", "kind": "prob", "input": "response"})
+            judges.append(Judge("profanity", ProfanityReward(cfg), 1))
+        else:
+            path, _, label = entry.partition(":") if ":" in entry.split("/")[-1] else (entry, "", "")
+            cfg = OmegaConf.merge(reward_cfg, {"backend": "hf", "name_or_path": path, "input": "response",
+                                               "kind": "prob", "revision": None})
+            from transformers import AutoConfig
+
+            from detox.hub import friendly_load_error
+
+            with friendly_load_error("eval.judges", path):
+                id2label = AutoConfig.from_pretrained(path).id2label
+            index = toxic_index(id2label, reward_cfg.label, label or None, path)
+            cfg.label = id2label[index] if index in id2label else id2label[str(index)]
+            judges.append(Judge(path.rstrip("/").split("/")[-1], HFReward(cfg, device), index))
+    names_seen = [j.name for j in judges]
+    if len(set(names_seen)) != len(names_seen):
+        raise ConfigError(f"eval.judges has two judges named alike: {names_seen}")
+    return judges

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+from conftest import make_cfg
+from tiny_models import save_tiny_classifier
+
+from detox.judges import build_judges
+from detox.schema import ConfigError
+
+CPU = torch.device("cpu")
+INSULT = "#Person2# calls #Person1# a stupid idiot."
+CLEAN = "#Person1# asks #Person2# to buy a book."
+
+
+def reward_cfg(path):
+    return make_cfg(["reward=tiny", f"reward.name_or_path={path}"]).reward
+
+
+def test_reward_judge_is_the_toxic_labels_probability(tiny):
+    # a classifier whose `hate` logit wins everywhere: it calls everything toxic
+    path = save_tiny_classifier(tiny["reward"] + "-hateful", {0: "nothate", 1: "hate"}, bias=[-3.0, 3.0])
+    reward, profanity = build_judges(["reward", "profanity"], reward_cfg(path), CPU)
+    texts = [INSULT, CLEAN]
+    r, p = reward.toxicity(texts), profanity.toxicity(texts)
+    assert reward.name == "reward" and reward.toxic_index == 1
+    assert (r > 0.9).all()
+    assert p[0] > 0.5 > p[1]  # the independent judge disagrees on the clean text
+    probs = reward.classifier.probs(texts)
+    np.testing.assert_allclose(r, probs[:, 1])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
+
+
+def test_multi_label_classifier_as_a_judge(tiny, tmp_path):
+    path = save_tiny_classifier(str(tmp_path / "ml"), {0: "toxic", 1: "insult", 2: "threat"},
+                                problem_type="multi_label_classification")
+    (judge,) = build_judges([f"{path}:insult"], reward_cfg(tiny["reward"]), CPU)
+    tox = judge.toxicity([INSULT, CLEAN])
+    assert judge.toxic_index == 1 and tox.shape == (2,) and ((tox > 0) & (tox < 1)).all()
+    (default,) = build_judges([path], reward_cfg(tiny["reward"]), CPU)
+    assert default.toxic_index == 0  # named `toxic`
+
+
+def test_unknown_judge_label_is_a_clear_error(tiny, tmp_path):
+    path = save_tiny_classifier(str(tmp_path / "odd"), {0: "a", 1: "b", 2: "c"})
+    with pytest.raises(ConfigError, match="which label"):
+        build_judges([path], reward_cfg(tiny["reward"]), CPU)
+    with pytest.raises(ConfigError, match="eval.judges label='nope'.*\\['a', 'b', 'c'\\]"):
+        build_judges([f"{path}:nope"], reward_cfg(tiny["reward"]), CPU)
