@@ -104,7 +104,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
     candidates = []
     final = os.path.join(run_dir, "final")
     if os.path.exists(os.path.join(final, STATE_FILE)):
-        candidates.append((json.load(open(os.path.join(final, STATE_FILE)))["step"], 1, final))
+        candidates.append((read_state(final)["step"], 1, final))
     ckpt_root = os.path.join(run_dir, "checkpoints")
     if os.path.isdir(ckpt_root):
         for name in os.listdir(ckpt_root):
@@ -114,20 +114,13 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return max(candidates)[2] if candidates else None
 
 
-def load_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, fingerprint: dict) -> dict:
-    """Restore trainable weights, optimizer and RNG; return the trainer state.
+def read_state(path: str) -> dict:
+    with open(os.path.join(path, STATE_FILE)) as f:
+        return json.load(f)
 
-    Raises CheckpointError when the checkpoint was made with a different model/adapter setup.
-    """
-    state = json.load(open(os.path.join(path, STATE_FILE)))
-    saved = state.get("fingerprint", {})
-    diffs = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
-    if diffs:
-        detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
-        raise CheckpointError(
-            f"checkpoint {path} does not match this config ({detail}). Resume with the run's own "
-            "config, or start a new run dir (resume=false / a new hydra.run.dir)."
-        )
+
+def load_trainable(path: str, state: dict, policy) -> None:
+    """Copy a checkpoint's trainable tensors into `policy`; CheckpointError if they don't fit."""
     tensors = load_file(os.path.join(path, state["files"]["trainable"]))
     expected = {n: p for n, p in policy.named_parameters() if p.requires_grad}
     if set(tensors) != set(expected) or any(tensors[n].shape != expected[n].shape for n in expected):
@@ -138,6 +131,23 @@ def load_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, fingerp
     with torch.no_grad():
         for name, param in expected.items():
             param.copy_(tensors[name].to(param.device, param.dtype))
+
+
+def load_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, fingerprint: dict) -> dict:
+    """Restore trainable weights, optimizer and RNG; return the trainer state.
+
+    Raises CheckpointError when the checkpoint was made with a different model/adapter setup.
+    """
+    state = read_state(path)
+    saved = state.get("fingerprint", {})
+    diffs = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
+        raise CheckpointError(
+            f"checkpoint {path} does not match this config ({detail}). Resume with the run's own "
+            "config, or start a new run dir (resume=false / a new hydra.run.dir)."
+        )
+    load_trainable(path, state, policy)
     optimizer.load_state_dict(torch.load(os.path.join(path, state["files"]["optimizer"]), weights_only=False))
     set_rng_state(torch.load(os.path.join(path, state["files"]["rng"]), weights_only=False))
     return state

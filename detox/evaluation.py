@@ -23,7 +23,7 @@ from detox.checkpoint import atomic_write_json, atomic_write_text
 from detox.eval_metrics import bootstrap_ci, distinct_n, exact_sequence_kl, paired_change, rouge
 from detox.judges import Judge
 from detox.ppo import response_mask
-from detox.trainer import generation_config
+from detox.trainer import decode_responses, generation_config
 
 log = logging.getLogger(__name__)
 VARIANTS = ("before", "after", "null")
@@ -55,9 +55,7 @@ def sample_responses(cfg: DictConfig, policy, tokenizer, prompts: Sequence[str],
         logits, _ = policy(enc["input_ids"], enc["attention_mask"], seqs[:, :-1], with_values=False)
         ref_logits = policy.reference_logits(enc["input_ids"], enc["attention_mask"], seqs[:, :-1])
         kl = exact_sequence_kl(logits, ref_logits, mask)
-        lengths = mask.sum(1).long().tolist()
-        texts = tokenizer.batch_decode([r[:n] for r, n in zip(response_ids.tolist(), lengths)],
-                                       skip_special_tokens=True)
+        texts, lengths = decode_responses(tokenizer, response_ids, mask)
         out += [{"response": t, "length": n, "kl": float(k)} for t, n, k in zip(texts, lengths, kl.tolist())]
     return out
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from detox.checkpoint import (CheckpointError, atomic_write_json, latest_checkpoint, load_checkpoint,
-                              save_checkpoint)
+                              load_trainable, read_state, save_checkpoint)
 from detox.data import load_splits
 from detox.policy import build_policy, count_parameters, load_tokenizer
 from detox.results import Results, provenance
@@ -165,7 +165,7 @@ def train_loop(cfg: DictConfig, trainer: PPOTrainer, tracker: Tracker, run_dir: 
 
 def _append_rollouts(run_dir: str, step: int, r) -> None:
     """Every sampled response with its score and KL, so a user can read what PPO rewarded."""
-    k1 = ((r.logprobs - r.ref_logprobs) * r.mask).sum(1).tolist()
+    k1 = r.kl_per_seq.tolist()
     lengths = r.mask.sum(1).long().tolist()
     with open(os.path.join(run_dir, ROLLOUTS_FILE), "a") as f:
         for i in range(len(r.responses)):
@@ -186,14 +186,8 @@ def run_export(cfg: DictConfig) -> None:
     if checkpoint is None:
         raise CheckpointError(f"run_dir={run_dir!r} holds no checkpoint to export.")
     policy = build_policy(run_cfg.policy, run_cfg.lora)
-    from safetensors.torch import load_file
-
-    state = json.load(open(os.path.join(checkpoint, "trainer_state.json")))
-    tensors = load_file(os.path.join(checkpoint, state["files"]["trainable"]))
-    missing = policy.load_state_dict(tensors, strict=False)
-    if missing.unexpected_keys:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit the run's policy: "
-                              f"unexpected {missing.unexpected_keys[:5]}")
+    state = read_state(checkpoint)
+    load_trainable(checkpoint, state, policy)
     model = policy.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload(adapter_names=list(model.active_adapters))

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from datasets import Dataset
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from detox import ppo
@@ -46,6 +45,19 @@ class Rollout:
     prompts: list[str]
     responses: list[str]
     ids: list
+    kl_per_seq: torch.Tensor | None = None  # [B] k1 sum over the response, set by train_step
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "decoder_input_ids": self.decoder_input_ids, "response_ids": self.response_ids}
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[str], list[int]]:
+    """Texts of the masked response tokens, and their lengths in tokens (EOS included)."""
+    lengths = mask.sum(1).long().tolist()
+    texts = tokenizer.batch_decode([r[:n] for r, n in zip(response_ids.tolist(), lengths)],
+                                   skip_special_tokens=True)
+    return texts, lengths
 
 
 def generation_config(gen: DictConfig, model_config) -> GenerationConfig:
@@ -72,8 +84,9 @@ class PPOTrainer:
         self.id_column = cfg.data.id_column
         # A fresh value head predicts noise, and the advantages it yields push the policy at
         # random: it may learn faster (value_learning_rate) or alone first (value_warmup_steps).
+        self.trainable = policy.trainable_parameters()
         value_params = list(policy.value_head.parameters())
-        policy_params = [p for p in policy.trainable_parameters() if all(p is not v for v in value_params)]
+        policy_params = [p for p in self.trainable if all(p is not v for v in value_params)]
         self.optimizer = torch.optim.AdamW(
             [{"params": policy_params, "lr": cfg.ppo.learning_rate},
              {"params": value_params, "lr": cfg.ppo.value_learning_rate or cfg.ppo.learning_rate}],
@@ -141,10 +154,7 @@ class PPOTrainer:
         width = int(mask.sum(1).max())
         response_ids, mask = response_ids[:, :width], mask[:, :width]
         decoder_input_ids = sequences[:, :width]
-        lengths = mask.sum(1).long().tolist()
-        responses = self.tokenizer.batch_decode(
-            [r[:n] for r, n in zip(response_ids.tolist(), lengths)], skip_special_tokens=True
-        )
+        responses, _ = decode_responses(self.tokenizer, response_ids, mask)
         t0 = time.perf_counter()
         scores = self.reward.score(prompts, responses).float()
         self.timings["perf/reward_s"] = time.perf_counter() - t0
@@ -190,18 +200,18 @@ class PPOTrainer:
 
     def optimise(self, r: Rollout, adv: dict) -> dict[str, float]:
         cfg = self.ppo_cfg
-        batch = {"input_ids": r.input_ids, "attention_mask": r.attention_mask,
-                 "decoder_input_ids": r.decoder_input_ids, "response_ids": r.response_ids}
+        batch = r.model_inputs()
         accum = cfg.gradient_accumulation_steps
         micro = cfg.mini_batch_size // accum
-        stats: dict[str, list[float]] = {k: [] for k in
-                                         ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
+        # Detached 0-dim tensors, read back once after the loop (no host sync per micro-batch).
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                                ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
         generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.step)
         warmup = self.step < cfg.value_warmup_steps
         epochs_done = 0
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(r.prompts), generator=generator).to(self.device)
-            epoch_approxkl = []
+            epoch_start = len(stats["approxkl"])
             for start in range(0, len(order), cfg.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 minibatch = order[start : start + cfg.mini_batch_size]
@@ -216,28 +226,28 @@ class PPOTrainer:
                         values, r.values[rows], adv["returns"][rows], mask, cfg.cliprange_value
                     )
                     (((0.0 if warmup else pg_loss) + cfg.vf_coef * vf_loss) / accum).backward()
-                    stats["policy"].append(pg_loss.item())
-                    stats["value"].append(vf_loss.item())
-                    stats["approxkl"].append(float(pg_stats["approxkl"]))
-                    stats["clipfrac"].append(float(pg_stats["clipfrac"]))
-                    stats["vf_clipfrac"].append(float(vf_stats["clipfrac"]))
-                    stats["ratio"].append(float(ppo.masked_mean(torch.exp(logprobs.detach() - r.logprobs[rows]), mask)))
-                    epoch_approxkl.append(float(pg_stats["approxkl"]))
+                    stats["policy"].append(pg_loss.detach())
+                    stats["value"].append(vf_loss.detach())
+                    stats["approxkl"].append(pg_stats["approxkl"])
+                    stats["clipfrac"].append(pg_stats["clipfrac"])
+                    stats["vf_clipfrac"].append(vf_stats["clipfrac"])
+                    stats["ratio"].append(ppo.masked_mean(torch.exp(logprobs.detach() - r.logprobs[rows]), mask))
                 if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                 self.optimizer.step()
             epochs_done += 1
-            if cfg.target_approx_kl and np.mean(epoch_approxkl) > cfg.target_approx_kl:
+            if cfg.target_approx_kl and float(torch.stack(stats["approxkl"][epoch_start:]).mean()) > cfg.target_approx_kl:
                 break
+        means = {k: torch.stack(v).double() for k, v in stats.items()}
+        self.first_ratio = float(means["ratio"][0])
         return {
-            "ppo/loss/policy": float(np.mean(stats["policy"])),
-            "ppo/loss/value": float(np.mean(stats["value"])),
-            "ppo/policy/approxkl": float(np.mean(stats["approxkl"])),
-            "ppo/policy/clipfrac": float(np.mean(stats["clipfrac"])),
-            "ppo/policy/ratio_mean": float(np.mean(stats["ratio"])),
-            "ppo/val/clipfrac": float(np.mean(stats["vf_clipfrac"])),
+            "ppo/loss/policy": float(means["policy"].mean()),
+            "ppo/loss/value": float(means["value"].mean()),
+            "ppo/policy/approxkl": float(means["approxkl"].mean()),
+            "ppo/policy/clipfrac": float(means["clipfrac"].mean()),
+            "ppo/policy/ratio_mean": float(means["ratio"].mean()),
+            "ppo/val/clipfrac": float(means["vf_clipfrac"].mean()),
             "ppo/epochs": epochs_done,
-            "ppo/first_ratio": stats["ratio"][0],
         }
 
     def train_step(self) -> tuple[dict[str, float], Rollout]:
@@ -248,10 +258,10 @@ class PPOTrainer:
         stats = self.optimise(r, adv)
         self.timings["perf/optimise_s"] = time.perf_counter() - t1
         mask = r.mask
-        k1_per_seq = ((r.logprobs - r.ref_logprobs) * mask).sum(1)
-        kl_mean = float(k1_per_seq.mean())
+        r.kl_per_seq = ((r.logprobs - r.ref_logprobs) * mask).sum(1)
+        kl_mean = float(r.kl_per_seq.mean())
         self.kl_ctl.update(kl_mean, self.ppo_cfg.batch_size)
-        self._warn_negative_kl(k1_per_seq)
+        self._warn_negative_kl(r.kl_per_seq)
         step_time = time.perf_counter() - t0
         lengths = mask.sum(1)
         ended = (r.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1) == self.eos_id)
@@ -262,7 +272,7 @@ class PPOTrainer:
             "objective/kl_coef": adv["kl_coef"],
             "objective/kl_penalty": float(-adv["kl_coef"] * adv["kl"].sum(1).mean()),
             "objective/entropy": float(ppo.masked_mean(r.entropy, mask)),
-            **{k: v for k, v in stats.items() if k != "ppo/first_ratio"},
+            **stats,
             "ppo/val/explained_variance": float(ppo.explained_variance(r.values, adv["returns"], mask)),
             "ppo/val/mean": float(ppo.masked_mean(r.values, mask)),
             "ppo/returns/mean": float(ppo.masked_mean(adv["returns"], mask)),
@@ -272,7 +282,6 @@ class PPOTrainer:
             "perf/samples_per_s": len(r.prompts) / step_time,
             **self.timings,
         }
-        self.first_ratio = stats["ppo/first_ratio"]
         return metrics, r
 
     def _warn_negative_kl(self, k1_per_seq: torch.Tensor) -> None:

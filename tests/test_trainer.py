@@ -33,8 +33,7 @@ def test_first_minibatch_ratio_is_one_and_kl_zero(tiny_overrides, tmp_path):
     r = trainer.rollout(trainer.sampler.next_indices())
     kl = (r.logprobs - r.ref_logprobs) * r.mask
     assert kl.abs().max() < 1e-6
-    batch = {"input_ids": r.input_ids, "attention_mask": r.attention_mask,
-             "decoder_input_ids": r.decoder_input_ids, "response_ids": r.response_ids}
+    batch = r.model_inputs()
     rows = torch.arange(trainer.ppo_cfg.mini_batch_size)
     with torch.no_grad():
         _, logprobs, _ = trainer.forward_logprobs(batch, rows)
