@@ -173,6 +173,26 @@ class EvalConfig:
     every_n_steps: int = 0
     group_by: Optional[str] = None
     reference_columns: List[str] = field(default_factory=list)
+    val_samples: int = 64  # fixed validation subset: periodic curves and the figures sweeps optimise
+    examples: int = 5  # side-by-side examples with the largest toxicity drop / rise
+    batch_size: int = 32  # prompts per generation batch during evaluation
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a sweep optimises, from the validation split (never the test split)."""
+
+    judge: str = "profanity"  # the independent judge whose toxicity reduction counts
+    rouge_weight: float = 1.0  # penalty per unit of ROUGE-L lost
+
+
+@dataclass
+class SFTConfig:
+    """stage=sft: supervised fine-tuning of the policy on dialogue -> summary pairs."""
+
+    epochs: float = 1.0
+    learning_rate: float = 1e-3
+    batch_size: int = 8
 
 
 @dataclass
@@ -201,6 +221,8 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -229,11 +251,12 @@ def validate(cfg: DictConfig) -> None:
                 "ppo.learning_rate", "ppo.gradient_accumulation_steps", "ppo.kl.target",
                 "ppo.kl.horizon", "reward.batch_size", "reward.max_length",
                 "data.max_input_tokens", "data.max_chars", "generation.max_new_tokens_min",
-                "generation.max_new_tokens_max", "lora.r", "generation.temperature"):
+                "generation.max_new_tokens_max", "lora.r", "generation.temperature", "eval.num_samples", "eval.val_samples",
+                "eval.batch_size"):
         _positive(cfg, key)
     for key in ("ppo.kl.init_coef", "ppo.save_every", "data.min_chars", "generation.min_length",
                 "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "ppo.value_warmup_steps", "data.test_size",
-                "data.val_size", "eval.every_n_steps"):
+                "data.val_size", "eval.every_n_steps", "eval.examples"):
         _positive(cfg, key, allow_zero=True)
     if cfg.ppo.value_learning_rate is not None:
         _positive(cfg, "ppo.value_learning_rate")

@@ -33,7 +33,11 @@ def run_stage(cfg: DictConfig):
         return run_ppo(cfg)
     if stage == "export":
         return run_export(cfg)
-    raise ConfigError(f"stage={stage} is not implemented yet; available: stage=ppo, stage=export.")
+    if stage == "sft":
+        from detox.sft import run_sft
+
+        return run_sft(cfg)
+    raise ConfigError(f"stage={stage} is not implemented yet; available: stage=ppo, stage=sft, stage=export.")
 
 
 def resolve_device(name: str) -> torch.device:
