@@ -1,62 +1,78 @@
-"""Held-out evaluation: the starting policy vs the trained one on the same test prompts.
+"""Held-out evaluation: the starting policy vs the trained one on the same prompts.
 
-Three variants are sampled on identical prompts: `before` (the policy at step 0), `after`
-(the trained policy) and `null` (the starting policy again with a second sampling seed: the
-change that noise alone produces). Each response gets every judge's P(toxic), its length and
-the exact KL to the reference. `eval/samples.jsonl` holds all of it, and `summarize` computes
-the report from those rows alone.
+Three variants are sampled on identical test prompts: `before` (the policy at step 0),
+`after` (the trained policy) and `null` (the starting policy again with a second sampling
+seed: the change that noise alone produces). Each response gets every judge's P(toxic), its
+length and the exact KL to the reference; `detox.report` computes everything else from those
+rows. A fixed validation subset is evaluated the same way (before/after, and periodically
+during training) for sweeps to optimise without touching the test split.
+
+All sampling here runs under a forked RNG, so enabling evaluation never changes training.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 from typing import Sequence
 
-import numpy as np
 import torch
 from datasets import Dataset
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from detox.checkpoint import atomic_write_json, atomic_write_text
-from detox.eval_metrics import bootstrap_ci, distinct_n, exact_sequence_kl, paired_change, rouge
+from detox.checkpoint import atomic_write_json
+from detox.eval_metrics import exact_sequence_kl
 from detox.judges import Judge
 from detox.ppo import response_mask
+from detox.report import per_example, report, write_report
 from detox.trainer import decode_responses, generation_config
 
 log = logging.getLogger(__name__)
-VARIANTS = ("before", "after", "null")
+BASELINE_FILE = "baseline.json"
 
 
-def eval_rows(test: Dataset, num_samples: int) -> Dataset:
+def eval_rows(test: Dataset, num_samples: int, what: str = "the test split", key: str = "eval.num_samples") -> Dataset:
+    if len(test) == 0:
+        from detox.data import DataError
+
+        raise DataError(f"{what} is empty: nothing to evaluate; raise data.test_size / data.val_size.")
     if num_samples > len(test):
-        log.warning("eval.num_samples=%d is larger than the test split (%d rows): using all %d.",
-                    num_samples, len(test), len(test))
+        log.warning("%s=%d is larger than %s (%d rows): using all %d.", key, num_samples, what, len(test), len(test))
     return test.select(range(min(num_samples, len(test))))
+
+
+@contextlib.contextmanager
+def forked_rng(device: torch.device):
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 @torch.no_grad()
 def sample_responses(cfg: DictConfig, policy, tokenizer, prompts: Sequence[str], seed: int,
-                     device: torch.device, batch_size: int = 32) -> list[dict]:
+                     device: torch.device) -> list[dict]:
     """Responses with their length (tokens, EOS included) and exact KL to the reference."""
     gen = generation_config(cfg.generation, policy.config)
     if cfg.eval.decoding == "greedy":
         gen.do_sample, gen.top_k, gen.top_p = False, None, None
-    torch.manual_seed(seed)
     out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True,
-                        max_length=cfg.data.max_input_tokens, return_tensors="pt").to(device)
-        seqs = policy.model.generate(**enc, generation_config=gen,
-                                     max_new_tokens=cfg.generation.max_new_tokens_max)
-        response_ids = seqs[:, 1:]
-        mask = response_mask(response_ids, policy.config.eos_token_id)
-        logits, _ = policy(enc["input_ids"], enc["attention_mask"], seqs[:, :-1], with_values=False)
-        ref_logits = policy.reference_logits(enc["input_ids"], enc["attention_mask"], seqs[:, :-1])
-        kl = exact_sequence_kl(logits, ref_logits, mask)
-        texts, lengths = decode_responses(tokenizer, response_ids, mask)
-        out += [{"response": t, "length": n, "kl": float(k)} for t, n, k in zip(texts, lengths, kl.tolist())]
+    with forked_rng(device):
+        torch.manual_seed(seed)
+        for i in range(0, len(prompts), cfg.eval.batch_size):
+            enc = tokenizer(list(prompts[i : i + cfg.eval.batch_size]), padding=True, truncation=True,
+                            max_length=cfg.data.max_input_tokens, return_tensors="pt").to(device)
+            seqs = policy.model.generate(**enc, generation_config=gen,
+                                         max_new_tokens=cfg.generation.max_new_tokens_max)
+            response_ids = seqs[:, 1:]
+            mask = response_mask(response_ids, policy.config.eos_token_id)
+            logits, _ = policy(enc["input_ids"], enc["attention_mask"], seqs[:, :-1], with_values=False)
+            ref_logits = policy.reference_logits(enc["input_ids"], enc["attention_mask"], seqs[:, :-1])
+            kl = exact_sequence_kl(logits, ref_logits, mask)
+            texts, lengths = decode_responses(tokenizer, response_ids, mask)
+            out += [{"response": t, "length": n, "kl": float(k)} for t, n, k in zip(texts, lengths, kl.tolist())]
     return out
 
 
@@ -83,86 +99,88 @@ def build_samples(data_cfg: DictConfig, eval_cfg: DictConfig, rows: Dataset, var
     return samples
 
 
-def _variant_stats(samples: list[dict], variant: str, summary_column: str, ref_columns: Sequence[str],
-                   threshold: float) -> dict[str, float]:
-    resp = [s[variant]["response"] for s in samples]
-    out: dict[str, float] = {}
-    for judge in samples[0][variant]["toxicity"]:
-        tox = np.array([s[variant]["toxicity"][judge] for s in samples])
-        lo, hi = bootstrap_ci(tox)
-        out |= {f"{judge}/toxicity_mean": float(tox.mean()), f"{judge}/toxicity_mean_ci_low": lo,
-                f"{judge}/toxicity_mean_ci_high": hi, f"{judge}/toxic_rate": float((tox > threshold).mean())}
-    scores = rouge(resp, [s["references"][summary_column] for s in samples])
-    out |= {k: float(v.mean()) for k, v in scores.items()}
-    for col in ref_columns:
-        out[f"{col}/rougeL"] = float(rouge(resp, [s["references"][col] for s in samples])["rougeL"].mean())
-    out |= {"kl_to_ref": float(np.mean([s[variant]["kl"] for s in samples])),
-            "length_mean": float(np.mean([s[variant]["length"] for s in samples])),
-            "distinct2": distinct_n(resp, 2)}
-    return out
+class Evaluator:
+    """Samples and scores one policy on fixed held-out prompts: the test rows of the final
+    report, and a validation subset for periodic curves and the figures sweeps optimise."""
 
+    def __init__(self, cfg: DictConfig, policy, tokenizer, judges: Sequence[Judge], splits, device: torch.device):
+        self.cfg, self.policy, self.tokenizer, self.judges, self.device = cfg, policy, tokenizer, judges, device
+        self.test = eval_rows(splits["test"], cfg.eval.num_samples)
+        self.val = None
+        if cfg.eval.val_samples and len(splits["validation"]):
+            self.val = eval_rows(splits["validation"], cfg.eval.val_samples, "the validation split", "eval.val_samples")
+        self.seeds = {"before": cfg.seed, "after": cfg.seed, "null": cfg.seed + 1, "val": cfg.seed + 2}
 
-def summarize(samples: list[dict], summary_column: str, ref_columns: Sequence[str], threshold: float) -> dict[str, float]:
-    """Flat `eval/...` metrics (names as in DESIGN.md section 4) from sample rows alone."""
-    metrics: dict[str, float] = {}
-    variants = [v for v in VARIANTS if v in samples[0]]
-    for v in ("before", "after"):  # `null` is reported only as a change (eval/null/...)
-        if v not in variants:
-            continue
-        metrics |= {f"eval/{v}/{k}": x for k, x in _variant_stats(samples, v, summary_column, ref_columns, threshold).items()}
-    for v, prefix in (("after", "eval/delta"), ("null", "eval/null")):
-        if v not in variants:
-            continue
-        for judge in samples[0]["before"]["toxicity"]:
-            for stat, fn in (("toxicity_mean", lambda x: x), ("toxic_rate", lambda x: (x > threshold).astype(float))):
-                b = fn(np.array([s["before"]["toxicity"][judge] for s in samples]))
-                a = fn(np.array([s[v]["toxicity"][judge] for s in samples]))
-                change = paired_change(b, a)
-                metrics |= {f"{prefix}/{judge}/{stat}": change["delta"],
-                            f"{prefix}/{judge}/{stat}_ci_low": change["ci_low"],
-                            f"{prefix}/{judge}/{stat}_ci_high": change["ci_high"]}
-    return metrics
+    def sample(self, rows: Dataset, seed: int) -> list[dict]:
+        prompts = list(rows["prompt"])
+        out = sample_responses(self.cfg, self.policy, self.tokenizer, prompts, seed, self.device)
+        score_variant(out, self.judges, prompts)
+        return out
 
+    # ------------------------------------------------------------------ the starting policy
+    def baseline_key(self) -> str:
+        """What the cached starting-policy samples depend on."""
+        c = self.cfg
+        parts = {"test": list(self.test["prompt"]), "val": list(self.val["prompt"]) if self.val else [],
+                 "seeds": self.seeds, "judges": list(c.eval.judges), "decoding": c.eval.decoding,
+                 "generation": OmegaConf.to_container(c.generation, resolve=True),
+                 "policy": [c.policy.name_or_path, c.policy.adapter, str(c.policy.reference)]}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
-def report(samples: list[dict], data_cfg: DictConfig, eval_cfg: DictConfig) -> dict[str, float]:
-    args = (data_cfg.summary_column, list(eval_cfg.reference_columns), eval_cfg.toxic_threshold)
-    metrics = summarize(samples, *args)
-    if eval_cfg.group_by:
-        for value in sorted({str(s["group"]) for s in samples}):
-            group = [s for s in samples if str(s["group"]) == value]
-            metrics |= {k.replace("eval/", f"eval/{eval_cfg.group_by}={value}/", 1): x
-                        for k, x in summarize(group, *args).items()}
-    return metrics
+    def baseline(self, cache_dir: str | None = None) -> dict[str, list[dict]]:
+        """`before` and `null` on the test rows and `before` on the validation subset, from the
+        policy as it is now (call it before any training or checkpoint loading). Cached in
+        `cache_dir` so a resumed run evaluates against the same starting samples."""
+        path = os.path.join(cache_dir, BASELINE_FILE) if cache_dir else None
+        key = self.baseline_key()
+        if path and os.path.exists(path):
+            with open(path) as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                return cached["variants"]
+            log.warning("eval settings changed since %s was written: re-sampling the starting policy.", path)
+        log.info("evaluating the starting policy on %d test prompts%s", len(self.test),
+                 f" and {len(self.val)} validation prompts" if self.val else "")
+        variants = {"before": self.sample(self.test, self.seeds["before"]),
+                    "null": self.sample(self.test, self.seeds["null"])}
+        if self.val is not None:
+            variants["val_before"] = self.sample(self.val, self.seeds["val"])
+        if path:
+            os.makedirs(cache_dir, exist_ok=True)
+            atomic_write_json(path, {"key": key, "variants": variants})
+        return variants
 
+    # ------------------------------------------------------------------ during training
+    def periodic(self) -> tuple[dict[str, float], list[dict]]:
+        """`val/...` means of the current policy on the validation subset, and a few samples."""
+        if self.val is None:
+            return {}, []
+        rows = self.sample(self.val, self.seeds["val"])
+        samples = build_samples(self.cfg.data, self.cfg.eval, self.val, {"before": rows})
+        values = per_example(samples, "before", self.cfg.data.summary_column, list(self.cfg.eval.reference_columns),
+                             self.cfg.eval.toxic_threshold)
+        metrics = {f"val/{name}": float(x.mean()) for name, x in values.items()}
+        table = [{"id": s["id"], "prompt": s["prompt"][-300:], "response": s["before"]["response"],
+                  **{f"toxicity/{j}": s["before"]["toxicity"][j] for j in s["before"]["toxicity"]},
+                  "kl": s["before"]["kl"]} for s in samples[:8]]
+        return metrics, table
 
-def write_report(run_dir: str, samples: list[dict], metrics: dict[str, float]) -> None:
-    out = os.path.join(run_dir, "eval")
-    os.makedirs(out, exist_ok=True)
-    atomic_write_text(os.path.join(out, "samples.jsonl"), "".join(json.dumps(s) + "\n" for s in samples))
-    atomic_write_json(os.path.join(out, "report.json"), metrics)
-    atomic_write_text(os.path.join(out, "report.md"), markdown(metrics, len(samples)))
+    # ------------------------------------------------------------------ the final report
+    def final(self, baseline: dict[str, list[dict]], out_dir: str) -> tuple[dict, dict, list[dict], list[str]]:
+        """Sample the policy as it is now (`after`), write the report files under `out_dir`.
 
-
-def markdown(metrics: dict[str, float], n: int) -> str:
-    """Before / after / change table (ungrouped metrics), with 95% bootstrap CIs."""
-    lines = [f"# Evaluation ({n} held-out prompts)", "",
-             "| metric | before | after | change | change 95% CI | null change (noise) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    keys = sorted({k[len("eval/before/"):] for k in metrics if k.startswith("eval/before/")
-                   and not k.endswith(("_ci_low", "_ci_high"))})
-    for key in keys:
-        b, a = metrics.get(f"eval/before/{key}"), metrics.get(f"eval/after/{key}")
-        d = metrics.get(f"eval/delta/{key}")
-        ci = (f"[{metrics[f'eval/delta/{key}_ci_low']:+.4f}, {metrics[f'eval/delta/{key}_ci_high']:+.4f}]"
-              if f"eval/delta/{key}_ci_low" in metrics else "")
-        null = metrics.get(f"eval/null/{key}")
-        change = d if d is not None else (a - b if a is not None and b is not None else None)
-        rel = f" ({100 * change / b:+.1f}%)" if change is not None and b else ""
-        lines.append(f"| {key} | {_fmt(b)} | {_fmt(a)} | {_fmt(change, sign=True)}{rel} | {ci} | {_fmt(null, sign=True)} |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(x, sign: bool = False) -> str:
-    if x is None:
-        return ""
-    return f"{x:+.4f}" if sign else f"{x:.4f}"
+        Returns (test metrics, validation metrics, test samples, written paths)."""
+        c = self.cfg
+        variants = {"before": baseline["before"], "after": self.sample(self.test, self.seeds["after"]),
+                    "null": baseline["null"]}
+        samples = build_samples(c.data, c.eval, self.test, variants)
+        args = (c.data.summary_column, list(c.eval.reference_columns), c.eval.toxic_threshold, c.eval.group_by)
+        metrics = report(samples, *args)
+        val_metrics = {}
+        if self.val is not None and "val_before" in baseline:
+            val_variants = {"before": baseline["val_before"], "after": self.sample(self.val, self.seeds["val"])}
+            val_metrics = report(build_samples(c.data, c.eval, self.val, val_variants), *args)
+        info = {"split": "test", "decoding": c.eval.decoding, "seed": self.seeds["before"],
+                "threshold": c.eval.toxic_threshold, "group_by": c.eval.group_by, "examples": c.eval.examples}
+        paths = write_report(out_dir, samples, metrics, info)
+        return metrics, val_metrics, samples, paths

@@ -19,7 +19,7 @@ def friendly_load_error(key: str, name: str | None) -> Iterator[None]:
         raise
     except Exception as e:  # hub, network, and file errors come in many classes
         first_line = (str(e).strip().splitlines() or [""])[0][:300]
-        where = "a local path that does not exist" if _looks_local(name) else "a hub name"
+        where = "a local path that does not exist" if looks_local(name) else "a hub name"
         raise LoadError(
             f"Could not load {key}={name!r} ({where}): {type(e).__name__}: {first_line}\n"
             f"If there is no network here or the name is wrong, point {key} at a local folder or "
@@ -27,5 +27,5 @@ def friendly_load_error(key: str, name: str | None) -> Iterator[None]:
         ) from e
 
 
-def _looks_local(name: str | None) -> bool:
+def looks_local(name: str | None) -> bool:
     return bool(name) and (name.startswith((".", "/", "~")) or os.path.exists(name))

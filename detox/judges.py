@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from detox.hub import LoadError, friendly_load_error
 from detox.reward import HFReward, ProfanityReward, resolve_label
 from detox.schema import ConfigError
 
@@ -69,10 +70,12 @@ def build_judges(names: Sequence[str], reward_cfg: DictConfig, device: torch.dev
                                                "kind": "prob", "revision": None})
             from transformers import AutoConfig
 
-            from detox.hub import friendly_load_error
-
-            with friendly_load_error("eval.judges", path):
-                id2label = AutoConfig.from_pretrained(path).id2label
+            try:
+                with friendly_load_error("eval.judges", path):
+                    id2label = AutoConfig.from_pretrained(path).id2label
+            except LoadError as e:
+                raise LoadError(f"{e}\nThe built-in judges: reward, profanity; any other entry is an HF "
+                                "classifier's hub id or folder, optionally `:<toxic label>`.") from e
             index = toxic_index(id2label, reward_cfg.label, label or None, path)
             cfg.label = id2label[index] if index in id2label else id2label[str(index)]
             judges.append(Judge(path.rstrip("/").split("/")[-1], HFReward(cfg, device), index))

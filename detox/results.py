@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -56,6 +57,17 @@ class Results:
             "train": None, "eval": None, "provenance": None,
         }
         self.write()
+
+    @classmethod
+    def reopen(cls, run_dir: str) -> "Results":
+        """The results.json of an existing run, to add to it (stage=eval)."""
+        self = cls.__new__(cls)
+        self.path = os.path.join(run_dir, RESULTS_FILE)
+        self.data = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.data = json.load(f)
+        return self
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)

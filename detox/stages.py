@@ -15,10 +15,14 @@ from transformers import set_seed
 from detox.checkpoint import (CheckpointError, atomic_write_json, latest_checkpoint, load_checkpoint,
                               load_trainable, read_state, save_checkpoint)
 from detox.data import load_splits
+from detox.evaluation import Evaluator
+from detox.hub import looks_local
+from detox.judges import build_judges
 from detox.policy import build_policy, count_parameters, load_tokenizer
 from detox.results import Results, provenance
 from detox.reward import build_reward, check_reward_label
-from detox.schema import ConfigError, validate
+from detox.report import example_rows, ranking_judge
+from detox.schema import Config, ConfigError, validate
 from detox.tracking import Tracker, plot_curves, read_metrics
 from detox.trainer import PPOTrainer
 
@@ -33,11 +37,13 @@ def run_stage(cfg: DictConfig):
         return run_ppo(cfg)
     if stage == "export":
         return run_export(cfg)
+    if stage == "eval":
+        return run_eval(cfg)
     if stage == "sft":
         from detox.sft import run_sft
 
         return run_sft(cfg)
-    raise ConfigError(f"stage={stage} is not implemented yet; available: stage=ppo, stage=sft, stage=export.")
+    raise ConfigError(f"stage={stage} is unknown; use stage=ppo, sft, eval or export.")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,23 +98,32 @@ def model_provenance(cfg: DictConfig, policy, reward) -> dict:
     }
 
 
-def run_ppo(cfg: DictConfig) -> float:
+def run_ppo(cfg: DictConfig) -> float | None:
+    """Train, evaluate, and return the validation objective (what Hydra sweepers maximise)."""
     run_dir = cfg.output_dir
     os.makedirs(run_dir, exist_ok=True)
     resume_from = _resume_point(cfg, run_dir)
-    if cfg.eval.enabled:
-        log.warning("the held-out evaluation (eval.*) is not built yet: this run trains and logs "
-                    "training metrics only.")
     config = config_dict(cfg)
     results = Results(run_dir, hydra_overrides(), config)
     tracker = None
     try:
-        trainer = build_ppo(cfg, resume_from)
+        trainer, evaluator = build_ppo(cfg)
         results.update(provenance=provenance(model_provenance(cfg, trainer.policy, trainer.reward)))
+        # The starting policy is evaluated before any checkpoint loads (cached for resumes).
+        baseline = evaluator.baseline(os.path.join(run_dir, "eval")) if evaluator else None
+        if resume_from:
+            trainer.load_state(load_checkpoint(resume_from, trainer.policy, trainer.optimizer, fingerprint(cfg)))
+            log.info("resumed from %s at step %d", resume_from, trainer.step)
         tracker = trainer.tracker = Tracker(cfg.logger, run_dir, config, start_step=trainer.step)
-        metrics = train_loop(cfg, trainer, tracker, run_dir)
+        if evaluator and cfg.eval.every_n_steps and trainer.step == 0 and evaluator.val is not None:
+            tracker.log(evaluator.periodic()[0], 0)  # the curves' starting point
+        metrics = train_loop(cfg, trainer, tracker, run_dir, evaluator)
         plot_curves(run_dir)
-        results.update(status="done", train=metrics, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        results.update(train=metrics)
+        objective = None
+        if evaluator:
+            objective = finish_eval(cfg, evaluator, baseline, run_dir, results, tracker)
+        results.update(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         tracker.summary({f"final/{k}": v for k, v in metrics.items()})
         tracker.finish(0)
     except BaseException as e:
@@ -117,40 +132,75 @@ def run_ppo(cfg: DictConfig) -> float:
             tracker.finish(1)
         raise
     print(f"\ndetox: run dir {os.path.abspath(run_dir)}\n"
-          "  metrics.jsonl, curves.png, rollouts.jsonl, results.json, final/adapter, final/value_head.safetensors")
-    return metrics.get("env/reward_mean", float("nan"))
+          "  metrics.jsonl, curves.png, rollouts.jsonl, results.json, final/adapter, final/value_head.safetensors"
+          + ("\n  eval/report.md, eval/report.json, eval/samples.jsonl, eval/toxicity_hist.png" if cfg.eval.enabled else ""))
+    return objective
 
 
-def build_ppo(cfg: DictConfig, resume_from: str | None) -> PPOTrainer:
+def finish_eval(cfg: DictConfig, evaluator: Evaluator, baseline: dict, run_dir: str, results: Results,
+                tracker: Tracker) -> float | None:
+    """The final report on the test split; validation figures and the objective for sweeps."""
+    test, val, samples, paths = evaluator.final(baseline, os.path.join(run_dir, "eval"))
+    score = validation_objective(val, cfg.objective)
+    results.update(eval=test, eval_val=val or None, objective=score)
+    tracker.summary({**test, **{k.replace("eval/", "eval_val/", 1): v for k, v in val.items()}})
+    tracker.log_table("eval/examples", example_rows(samples, ranking_judge(samples), cfg.eval.examples))
+    log.info("evaluation report: %s", paths[2])
+    return score
+
+
+def validation_objective(val: dict, objective_cfg: DictConfig) -> float | None:
+    if not val:
+        return None
+    try:
+        from detox.sweep import objective
+    except ImportError:  # TEMPORARY until detox/sweep.py lands
+        judge = objective_cfg.judge
+        return (-val[f"eval/delta/{judge}/toxicity_mean"]
+                - objective_cfg.rouge_weight * max(0.0, val["eval/before/rougeL"] - val["eval/after/rougeL"]))
+    return objective(val, objective_cfg)
+
+
+def build_ppo(cfg: DictConfig) -> tuple[PPOTrainer, Evaluator | None]:
     set_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    # Everything that can fail cheaply comes before any model weights load.
-    extra = tuple(c for c in [cfg.eval.group_by, *cfg.eval.reference_columns] if c)
-    splits = load_splits(cfg.data, extra_columns=extra)
+    # Everything that can fail cheaply comes before the policy's weights load.
+    splits = load_run_splits(cfg)
     check_reward_label(cfg.reward)
-    log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    reward_device = resolve_device(cfg.reward.device) if cfg.reward.device else device
+    reward = build_reward(cfg.reward, reward_device)
+    judges = build_judges(cfg.eval.judges, cfg.reward, reward_device, reward=reward) if cfg.eval.enabled else None
 
     tokenizer = load_tokenizer(cfg.policy)
     policy = build_policy(cfg.policy, cfg.lora).to(device)
     trainable, total = count_parameters(policy)
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
-    reward_device = resolve_device(cfg.reward.device) if cfg.reward.device else device
-    reward = build_reward(cfg.reward, reward_device)
     trainer = PPOTrainer(cfg, policy, tokenizer, reward, splits["train"], None, device)
-    if resume_from:
-        trainer.load_state(load_checkpoint(resume_from, policy, trainer.optimizer, fingerprint(cfg)))
-        log.info("resumed from %s at step %d", resume_from, trainer.step)
-    return trainer
+    evaluator = Evaluator(cfg, policy, tokenizer, judges, splits, device) if judges is not None else None
+    return trainer, evaluator
 
 
-def train_loop(cfg: DictConfig, trainer: PPOTrainer, tracker: Tracker, run_dir: str) -> dict:
+def load_run_splits(cfg: DictConfig):
+    extra = tuple(dict.fromkeys(c for c in [cfg.eval.group_by, *cfg.eval.reference_columns] if c))
+    splits = load_splits(cfg.data, extra_columns=extra)
+    log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return splits
+
+
+def train_loop(cfg: DictConfig, trainer: PPOTrainer, tracker: Tracker, run_dir: str,
+               evaluator: Evaluator | None = None) -> dict:
     ppo_cfg = cfg.ppo
+    every = cfg.eval.every_n_steps if evaluator is not None and evaluator.val is not None else 0
     metrics: dict = {}
     bar = tqdm(total=ppo_cfg.steps, initial=trainer.step, desc="PPO", unit="step", dynamic_ncols=True)
     while trainer.step < ppo_cfg.steps:
         metrics, rollout = trainer.train_step()
         trainer.step += 1
+        if every and trainer.step % every == 0:
+            val_metrics, table = evaluator.periodic()
+            metrics = {**metrics, **val_metrics}
+            tracker.log_table("val/samples", table, trainer.step)
         tracker.log(metrics, trainer.step)
         _append_rollouts(run_dir, trainer.step, rollout)
         bar.update(1)
@@ -177,18 +227,71 @@ def _append_rollouts(run_dir: str, step: int, r) -> None:
                                 "score": float(r.scores[i]), "kl": k1[i], "length": lengths[i]}) + "\n")
 
 
-def run_export(cfg: DictConfig) -> None:
-    """Merge a finished run's adapter into its base model and save a plain HF model."""
+def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """A finished run's own config (with this command's `eval.*`, `device` and `logger.*`
+    overrides on top) and its newest checkpoint. Errors before any model loads."""
     run_dir = cfg.run_dir
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"run_dir={run_dir!r} does not exist; pass the run dir of a finished run "
+                          "(it holds .hydra/, metrics.jsonl, final/).")
     config_path = os.path.join(run_dir, ".hydra", "config.yaml")
     if not os.path.exists(config_path):
         raise ConfigError(f"run_dir={run_dir!r} is not a detox run dir (no .hydra/config.yaml).")
-    saved = OmegaConf.load(config_path)
-    run_cfg = OmegaConf.create({"policy": OmegaConf.merge(cfg.policy, saved.policy),
-                                "lora": OmegaConf.merge(cfg.lora, saved.lora)})
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise CheckpointError(f"run_dir={run_dir!r} holds no checkpoint to export.")
+        raise CheckpointError(f"run_dir={run_dir!r} holds no checkpoint (final/ or checkpoints/step-N/).")
+    saved = OmegaConf.load(config_path)
+    saved.output_dir = run_dir
+    saved.hydra = None
+    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in saved.items() if k != "hydra"})
+    for override in hydra_overrides():  # this command's own eval/device/logger choices win
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] in ("eval", "device", "logger", "objective"):
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
+    run_cfg.stage, run_cfg.run_dir = cfg.stage, run_dir
+    validate(run_cfg)
+    saved_fp = read_state(checkpoint).get("fingerprint")
+    if saved_fp and saved_fp != fingerprint(run_cfg):
+        raise CheckpointError(f"checkpoint {checkpoint} was not made with {config_path}; evaluate it with "
+                              "the config it was trained with.")
+    adapter = run_cfg.policy.adapter
+    if adapter and looks_local(adapter) and not os.path.exists(adapter):
+        raise ConfigError(f"the run's starting adapter policy.adapter={adapter!r} does not exist any more; "
+                          "restore it to evaluate against the starting policy.")
+    return run_cfg, checkpoint
+
+
+def run_eval(cfg: DictConfig) -> float | None:
+    """Evaluate a finished run against its starting policy; rewrites `<run_dir>/eval/`."""
+    run_cfg, checkpoint = load_run(cfg)
+    run_dir = cfg.run_dir
+    device = resolve_device(run_cfg.device)
+    set_seed(run_cfg.seed)
+    splits = load_run_splits(run_cfg)
+    reward = build_reward(run_cfg.reward, resolve_device(run_cfg.reward.device) if run_cfg.reward.device else device)
+    judges = build_judges(run_cfg.eval.judges, run_cfg.reward, device, reward=reward)
+    tokenizer = load_tokenizer(run_cfg.policy)
+    policy = build_policy(run_cfg.policy, run_cfg.lora).to(device)  # the starting policy
+    evaluator = Evaluator(run_cfg, policy, tokenizer, judges, splits, device)
+    baseline = evaluator.baseline(os.path.join(run_dir, "eval"))
+    state = read_state(checkpoint)
+    load_trainable(checkpoint, state, policy)
+    log.info("evaluating %s (step %d)", checkpoint, state["step"])
+    results = Results.reopen(run_dir)
+    tracker = Tracker(run_cfg.logger, run_dir, config_dict(run_cfg), start_step=None)
+    try:
+        score = finish_eval(run_cfg, evaluator, baseline, run_dir, results, tracker)
+    finally:
+        tracker.finish(0)
+    print(f"\ndetox: evaluated step {state['step']} of {os.path.abspath(run_dir)}\n"
+          "  eval/report.md, eval/report.json, eval/samples.jsonl, eval/toxicity_hist.png")
+    return score
+
+
+def run_export(cfg: DictConfig) -> None:
+    """Merge a finished run's adapter into its base model and save a plain HF model."""
+    run_cfg, checkpoint = load_run(cfg)
+    run_dir = cfg.run_dir
     policy = build_policy(run_cfg.policy, run_cfg.lora)
     state = read_state(checkpoint)
     load_trainable(checkpoint, state, policy)

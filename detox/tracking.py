@@ -35,10 +35,13 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 
 class Tracker:
-    def __init__(self, cfg: DictConfig, run_dir: str, config: dict, start_step: int = 0):
+    def __init__(self, cfg: DictConfig, run_dir: str, config: dict, start_step: int | None = 0):
+        """start_step: drop metrics.jsonl rows after it (a resumed run); None keeps them all
+        (stage=eval adding its summary to a finished run)."""
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, METRICS_FILE)
-        self._truncate_after(start_step)
+        if start_step is not None:
+            self._truncate_after(start_step)
         self.run = None
         if cfg.backend == "wandb":
             self.run = self._init_wandb(cfg, config)
@@ -72,7 +75,7 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
-    def log_table(self, key: str, rows: list[dict], step: int) -> None:
+    def log_table(self, key: str, rows: list[dict], step: int | None = None) -> None:
         if self.run is None or not rows:
             return
         import wandb
@@ -111,17 +114,30 @@ def plot_curves(run_dir: str) -> str | None:
     def series(key):
         return np.array([r.get(key, np.nan) for r in rows], dtype=float)
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/toxicity_mean")})
+    fig, axes = plt.subplots(1, 3 + bool(val_keys), figsize=(13 + 4.3 * bool(val_keys), 3.6))
     mean, std = series("env/reward_mean"), series("env/reward_std")
     axes[0].plot(steps, mean, color="tab:green")
     axes[0].fill_between(steps, mean - std, mean + std, color="tab:green", alpha=0.2)
     axes[0].set_title("reward (env/reward_mean ± std)")
-    axes[1].plot(steps, series("objective/kl"), color="tab:red")
+    axes[1].plot(steps, series("objective/kl"), color="tab:red", label="train (objective/kl)")
+    if val_keys:
+        ok = ~np.isnan(series("val/kl_to_ref"))
+        axes[1].plot(steps[ok], series("val/kl_to_ref")[ok], "o-", color="tab:purple", ms=3,
+                     label="validation (val/kl_to_ref)")
+        axes[1].legend(fontsize=8)
     axes[1].axhline(0, color="grey", lw=0.5)
-    axes[1].set_title("KL to reference (objective/kl, nats/seq)")
+    axes[1].set_title("KL to reference (nats/seq)")
     axes[2].plot(steps, series("objective/kl_coef"), color="tab:blue")
     axes[2].set_ylim(bottom=0, top=max(1e-3, float(np.nanmax(series("objective/kl_coef")))) * 1.5)
     axes[2].set_title("KL coefficient (objective/kl_coef)")
+    for key in val_keys:
+        ok = ~np.isnan(series(key))
+        axes[3].plot(steps[ok], series(key)[ok], "o-", ms=3, label=key.split("/")[1])
+    if val_keys:
+        axes[3].set_ylim(0, 1)
+        axes[3].set_title("validation toxicity (val/<judge>/toxicity_mean)")
+        axes[3].legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)

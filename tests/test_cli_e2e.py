@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -52,8 +53,15 @@ def test_run_dir_has_every_file(quickstart_run):
     assert f"ppo.steps={E2E_STEPS}" in results["overrides"]
     assert results["provenance"]["packages"]["torch"] and results["provenance"]["models"]["policy"]["name_or_path"]
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == list(range(1, E2E_STEPS + 1))
-    assert all(set(METRICS) <= set(r) for r in rows)
+    assert [r["step"] for r in rows] == list(range(0, E2E_STEPS + 1))  # step 0: the validation curves' start
+    assert all(set(METRICS) <= set(r) for r in rows[1:])
+    assert [r["step"] for r in rows if "val/profanity/toxicity_mean" in r] == list(range(0, E2E_STEPS + 1, 10))
+    for name in ["eval/samples.jsonl", "eval/report.json", "eval/report.md", "eval/toxicity_hist.png"]:
+        assert (run_dir / name).exists(), name
+    assert "eval/report.md" in out.stdout
+    assert results["eval"]["eval/delta/profanity/toxic_rate"] == json.load(open(run_dir / "eval/report.json"))[
+        "eval/delta/profanity/toxic_rate"]
+    assert "eval/after/rougeL" in results["eval_val"] and isinstance(results["objective"], float)
     assert json.load(open(run_dir / "final/trainer_state.json"))["step"] == E2E_STEPS
 
 
@@ -62,7 +70,7 @@ def test_reward_improves(quickstart_run):
     the preset, which gained 0.78, 0.70 and 0.33 (the reward is -3 / +3 per insulting /
     clean summary, and a quarter of the prompts are heated)."""
     run_dir, _ = quickstart_run
-    reward = np.array([json.loads(line)["env/reward_mean"] for line in open(run_dir / "metrics.jsonl")])
+    reward = np.array([r["env/reward_mean"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "env/reward_mean" in r])
     q = len(reward) // 4
     assert reward[-q:].mean() - reward[:q].mean() > 0.2, reward.round(2).tolist()
 
@@ -86,8 +94,11 @@ def test_wandb_offline_run_holds_the_curves(quickstart_run):
     assert run["config"]["ppo"]["steps"] == E2E_STEPS and run["config"]["lora"]["r"] == 16
     history = [h for h in run["history"] if "env/reward_mean" in h]
     assert len(history) == E2E_STEPS
+    assert run["summary"]["eval/delta/profanity/toxic_rate"] == pytest.approx(
+        json.load(open(run_dir / "eval/report.json"))["eval/delta/profanity/toxic_rate"])
+    assert "eval_val/after/rougeL" in run["summary"] and run["summary"]["eval/examples/_type"] == "table-file"
     assert set(METRICS) <= set(history[-1])
-    logged = [json.loads(line)["env/reward_mean"] for line in open(run_dir / "metrics.jsonl")]
+    logged = [r["env/reward_mean"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "env/reward_mean" in r]
     assert [h["env/reward_mean"] for h in history] == pytest.approx(logged)
 
 
@@ -103,6 +114,34 @@ def test_export_merges_the_adapter(quickstart_run, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids, decoder_input_ids=dec).logits,
                                    peft(input_ids=ids, decoder_input_ids=dec).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl"))
+    out = run_cli(["stage=eval", f"run_dir={run_dir}", "eval.num_samples=40", "eval.judges=[profanity]",
+                   "logger=none", f"hydra.run.dir={tmp_path / 'eval-job'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in open(run_dir / "eval" / "samples.jsonl")]
+    assert len(rows) == 40 and set(rows[0]["after"]["toxicity"]) == {"profanity"}
+    assert max(abs(r["before"]["kl"]) for r in rows) < 1e-4 < np.mean([r["after"]["kl"] for r in rows])
+    results = json.load(open(run_dir / "results.json"))
+    assert results["status"] == "done" and "eval/after/reward/toxicity_mean" not in results["eval"]
+    report = json.load(open(run_dir / "eval" / "report.json"))
+    assert results["eval"] == report and report["eval/after/profanity/toxic_rate"] == pytest.approx(
+        np.mean([r["after"]["toxicity"]["profanity"] > 0.5 for r in rows]))
+    # the first 32 prompts (one generation batch) and their seeds match the training run's own evaluation
+    in_run = [json.loads(line) for line in open(quickstart_run[0] / "eval" / "samples.jsonl")][:32]
+    assert [r["after"]["response"] for r in rows[:32]] == [r["after"]["response"] for r in in_run]
+
+
+def test_stage_eval_errors_name_the_problem(quickstart_run, tmp_path):
+    out = run_cli(["stage=eval", f"run_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'j1'}"], cwd=tmp_path)
+    assert out.returncode == 2 and "does not exist" in out.stdout + out.stderr and "Traceback" not in out.stderr
+    out = run_cli(["stage=eval", f"run_dir={quickstart_run[0]}", "eval.judges=[no-such-judge]",
+                   f"hydra.run.dir={tmp_path / 'j2'}"], cwd=tmp_path)
+    assert out.returncode == 2 and "eval.judges='no-such-judge'" in out.stdout + out.stderr
+    assert "built-in judges: reward, profanity" in out.stdout + out.stderr
 
 
 def test_user_errors_exit_cleanly_with_the_fix(tmp_path):

@@ -99,3 +99,10 @@ def test_cli_help_and_cfg_job(tmp_path):
     assert out.returncode == 0
     job = OmegaConf.create(out.stdout)
     assert job.reward.input == "prompt_response" and job.data.shuffle is False
+
+
+def test_presets_override_top_level_keys():
+    # `_self_` before the groups in conf/config.yaml: otherwise the root's seed/device win silently
+    cfg = make_cfg(["experiment=quickstart"])
+    assert cfg.seed == 0 and cfg.device == "cpu"
+    assert make_cfg(["experiment=quickstart", "seed=7"]).seed == 7

@@ -6,56 +6,51 @@ import torch
 from conftest import make_cfg
 from test_trainer import make_trainer
 
-from detox.evaluation import build_samples, eval_rows, report, sample_responses, score_variant, summarize, write_report
+from detox.data import load_splits
+from detox.evaluation import Evaluator
 from detox.judges import build_judges
+from detox.report import examples, report, summarize
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def evaluated(tiny, tmp_path_factory):
-
     overrides = ["experiment=quickstart", "logger=none", f"policy.name_or_path={tiny['policy']}",
                  f"reward.name_or_path={tiny['reward']}", f"data.name_or_path={tiny['data']}",
                  "lora.target_modules=[q,v]", "ppo.batch_size=8", "ppo.mini_batch_size=4",
                  "generation.max_new_tokens_min=8", "generation.max_new_tokens_max=12",
-                 "ppo.value_warmup_steps=0", "ppo.learning_rate=5e-3", "eval.num_samples=1000"]
+                 "ppo.value_warmup_steps=0", "ppo.learning_rate=5e-3", "eval.num_samples=1000", "eval.examples=2"]
     tmp = tmp_path_factory.mktemp("eval")
     trainer = make_trainer(overrides, tmp)
     cfg = trainer.cfg
-    from detox.data import load_splits
-
-    rows = eval_rows(load_splits(cfg.data, extra_columns=("heated", "summary_clean"))["test"], cfg.eval.num_samples)
-    prompts = list(rows["prompt"])
+    splits = load_splits(cfg.data, extra_columns=("heated", "summary_clean"))
     judges = build_judges(["reward", "profanity"], cfg.reward, CPU, reward=trainer.reward)
-    variants = {"before": sample_responses(cfg, trainer.policy, trainer.tokenizer, prompts, cfg.seed, CPU),
-                "null": sample_responses(cfg, trainer.policy, trainer.tokenizer, prompts, cfg.seed + 1, CPU)}
+    evaluator = Evaluator(cfg, trainer.policy, trainer.tokenizer, judges, splits, CPU)
+    baseline = evaluator.baseline(str(tmp / "eval"))
     for _ in range(3):
         trainer.train_step()
         trainer.step += 1
-    variants["after"] = sample_responses(cfg, trainer.policy, trainer.tokenizer, prompts, cfg.seed, CPU)
-    for rows_ in variants.values():
-        score_variant(rows_, judges, prompts)
-    samples = build_samples(cfg.data, cfg.eval, rows, variants)
-    metrics = report(samples, cfg.data, cfg.eval)
-    write_report(str(tmp), samples, metrics)
-    return tmp, cfg, samples, metrics
+    metrics, val_metrics, samples, paths = evaluator.final(baseline, str(tmp / "eval"))
+    return tmp, cfg, samples, metrics, val_metrics, evaluator, splits
 
 
 def test_clamps_num_samples_and_uses_identical_prompts(evaluated):
-    _, _, samples, _ = evaluated
-    assert len(samples) == 6  # the whole tiny test split, clamped from 1000
+    _, _, samples, _, _, evaluator, splits = evaluated
+    assert len(samples) == len(splits["test"]) == 6  # the whole tiny test split, clamped from 1000
+    assert [s["prompt"] for s in samples] == list(splits["test"]["prompt"])
     assert all({"before", "after", "null"} <= set(s) for s in samples)
+    assert [s["id"] for s in samples] == list(splits["test"]["id"])
 
 
 def test_exact_kl_is_zero_before_and_positive_after(evaluated):
-    _, _, samples, metrics = evaluated
+    _, _, samples, metrics, *_ = evaluated
     assert all(abs(s["before"]["kl"]) < 1e-6 for s in samples)
     assert metrics["eval/after/kl_to_ref"] > 1e-4
 
 
 def test_report_equals_a_recomputation_from_samples_jsonl(evaluated):
-    tmp, cfg, _, metrics = evaluated
+    tmp, cfg, _, metrics, *_ = evaluated
     rows = [json.loads(line) for line in open(tmp / "eval" / "samples.jsonl")]
     again = summarize(rows, cfg.data.summary_column, list(cfg.eval.reference_columns), cfg.eval.toxic_threshold)
     saved = json.load(open(tmp / "eval" / "report.json"))
@@ -65,4 +60,86 @@ def test_report_equals_a_recomputation_from_samples_jsonl(evaluated):
     assert saved["eval/after/profanity/toxicity_mean"] == pytest.approx(tox.mean())
     assert saved["eval/after/profanity/toxicity_mean_ci_low"] <= tox.mean() <= saved["eval/after/profanity/toxicity_mean_ci_high"]
     assert "eval/heated=True/after/summary_clean/rougeL" in saved and "eval/null/reward/toxic_rate" in saved
-    assert "| reward/toxicity_mean |" in (tmp / "eval" / "report.md").read_text()
+    again = report(rows, cfg.data.summary_column, list(cfg.eval.reference_columns), cfg.eval.toxic_threshold, "heated")
+    assert set(again) == set(saved)
+    for key, value in again.items():
+        assert saved[key] == pytest.approx(value, nan_ok=True), key
+    heated = [r for r in rows if r["group"]]
+    assert saved["eval/heated=True/before/reward/toxicity_mean"] == pytest.approx(
+        np.mean([r["before"]["toxicity"]["reward"] for r in heated]))
+
+
+def test_report_md_and_histogram(evaluated):
+    tmp, *_ = evaluated
+    md = (tmp / "eval" / "report.md").read_text()
+    for text in ("| reward/toxicity_mean |", "| profanity/toxic_rate |", "| summary_clean/rougeL |", "| kl_to_ref |",
+                 "| distinct2 |", "## heated=True", "## heated=False", "null change (noise)", "## Largest toxicity drops",
+                 "## Largest toxicity rises", "significant at 95%"):
+        assert text in md, text
+    png = (tmp / "eval" / "toxicity_hist.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_validation_figures_before_and_after(evaluated):
+    _, _, _, metrics, val_metrics, evaluator, splits = evaluated
+    assert len(evaluator.val) == min(len(splits["validation"]), 64)
+    assert "eval/after/profanity/toxicity_mean" in val_metrics and "eval/delta/reward/toxic_rate" in val_metrics
+    assert not any(k.startswith("eval/null/") for k in val_metrics)  # no null on validation
+    assert val_metrics["eval/before/kl_to_ref"] == pytest.approx(0, abs=1e-5)
+    periodic, table = evaluator.periodic()
+    assert periodic["val/kl_to_ref"] == pytest.approx(val_metrics["eval/after/kl_to_ref"], rel=1e-4)
+    assert periodic["val/reward/toxicity_mean"] == pytest.approx(val_metrics["eval/after/reward/toxicity_mean"])
+    assert table and {"prompt", "response", "toxicity/profanity", "kl"} <= set(table[0])
+
+
+def test_baseline_is_cached_for_resume_and_resampled_when_settings_change(evaluated, caplog):
+    tmp, cfg, samples, *_ , evaluator, splits = evaluated
+    cached = evaluator.baseline(str(tmp / "eval"))  # the policy has trained since: a cache hit is unchanged
+    assert [r["response"] for r in cached["before"]] == [s["before"]["response"] for s in samples]
+    greedy = cfg.copy()
+    greedy.eval.decoding = "greedy"
+    other = Evaluator(greedy, evaluator.policy, evaluator.tokenizer, evaluator.judges, splits, CPU)
+    assert other.baseline_key() != evaluator.baseline_key()
+
+
+def test_greedy_null_comparison_is_exactly_zero(evaluated):
+    _, cfg, *_, evaluator, splits = evaluated
+    greedy = cfg.copy()
+    greedy.eval.decoding = "greedy"
+    ev = Evaluator(greedy, evaluator.policy, evaluator.tokenizer, evaluator.judges, splits, CPU)
+    a, b = ev.sample(ev.test, 1), ev.sample(ev.test, 2)
+    assert [r["response"] for r in a] == [r["response"] for r in b]
+
+
+def test_evaluation_does_not_change_training(tiny_overrides, tmp_path):
+    from test_trainer import make_trainer as fresh
+
+    one = fresh(tiny_overrides, tmp_path / "a")  # seeds the global RNG
+    r1 = one.rollout(one.sampler.next_indices())
+    two = fresh(tiny_overrides, tmp_path / "b")
+    ev = Evaluator(two.cfg, two.policy, two.tokenizer, [], load_splits(two.cfg.data), CPU)
+    ev.sample(ev.test, 123)  # draws from a forked RNG
+    r2 = two.rollout(two.sampler.next_indices())
+    assert r1.responses == r2.responses
+
+
+def test_examples_rank_by_the_toxicity_change():
+    def row(i, before, after):
+        return {"id": i, "prompt": "p", "group": None, "before": {"response": "b", "toxicity": {"j": before}},
+                "after": {"response": "a", "toxicity": {"j": after}}}
+
+    samples = [row(0, 0.9, 0.1), row(1, 0.5, 0.5), row(2, 0.2, 0.7), row(3, 0.6, 0.5), row(4, 0.1, 0.2)]
+    drops, rises = examples(samples, "j", 2)
+    assert [s["id"] for s in drops] == [0, 3] and [s["id"] for s in rises] == [2, 4]
+    drops, rises = examples(samples, "j", 5)
+    assert [s["id"] for s in drops] == [0, 3] and [s["id"] for s in rises] == [2, 4]  # unchanged rows are neither
+
+
+def test_unknown_group_by_column_fails_before_any_model_loads(tiny_overrides, tmp_path):
+    from detox.data import DataError
+    from detox.stages import run_ppo
+
+    cfg = make_cfg([*tiny_overrides, "eval.group_by=speaker", "policy.name_or_path=/does/not/exist"],
+                   output_dir=str(tmp_path))
+    with pytest.raises(DataError, match=r"no column\(s\) \['speaker'\].*eval.group_by"):
+        run_ppo(cfg)

@@ -95,7 +95,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_overrides, tmp_path):
     assert json.load(open(resumed / "results.json"))["status"] == "done"
     run_ppo(make_cfg([*base, "ppo.steps=3"], output_dir=str(resumed)))
     a, b = read_metrics(str(straight)), read_metrics(str(resumed))
-    assert [m["step"] for m in b] == [1, 2, 3]
+    assert [m["step"] for m in b] == [0, 1, 2, 3]  # step 0: the validation curves, once
     for key in ("env/reward_mean", "objective/kl", "ppo/loss/policy", "response/length_mean"):
         assert a[2][key] == pytest.approx(b[2][key], rel=1e-4, abs=1e-6), key
     wa, wb = load_file(straight / "final" / "trainable.safetensors"), load_file(resumed / "final" / "trainable.safetensors")
