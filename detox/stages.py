@@ -242,7 +242,6 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
         raise CheckpointError(f"run_dir={run_dir!r} holds no checkpoint (final/ or checkpoints/step-N/).")
     saved = OmegaConf.load(config_path)
     saved.output_dir = run_dir
-    saved.hydra = None
     run_cfg = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in saved.items() if k != "hydra"})
     for override in hydra_overrides():  # this command's own eval/device/logger choices win
         key = override.split("=", 1)[0].lstrip("+~")
@@ -250,14 +249,15 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     run_cfg.stage, run_cfg.run_dir = cfg.stage, run_dir
     validate(run_cfg)
-    saved_fp = read_state(checkpoint).get("fingerprint")
-    if saved_fp and saved_fp != fingerprint(run_cfg):
-        raise CheckpointError(f"checkpoint {checkpoint} was not made with {config_path}; evaluate it with "
-                              "the config it was trained with.")
     adapter = run_cfg.policy.adapter
     if adapter and looks_local(adapter) and not os.path.exists(adapter):
         raise ConfigError(f"the run's starting adapter policy.adapter={adapter!r} does not exist any more; "
                           "restore it to evaluate against the starting policy.")
+    saved_fp = read_state(checkpoint).get("fingerprint")
+    diffs = [k for k, v in fingerprint(run_cfg).items() if saved_fp and saved_fp.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"checkpoint {checkpoint} was not made with {config_path} (they differ in "
+                              f"{', '.join(diffs)}); restore the config the run was trained with.")
     return run_cfg, checkpoint
 
 

@@ -143,3 +143,36 @@ def test_unknown_group_by_column_fails_before_any_model_loads(tiny_overrides, tm
                    output_dir=str(tmp_path))
     with pytest.raises(DataError, match=r"no column\(s\) \['speaker'\].*eval.group_by"):
         run_ppo(cfg)
+
+
+def test_stage_eval_on_a_run_and_its_errors(tiny_overrides, tmp_path):
+    from omegaconf import OmegaConf
+
+    from detox.checkpoint import CheckpointError
+    from detox.schema import ConfigError
+    from detox.stages import run_eval, run_ppo
+
+    run = tmp_path / "run"
+    cfg = make_cfg([*tiny_overrides, "eval.enabled=false"], output_dir=str(run))
+    run_ppo(cfg)
+    assert not (run / "eval").exists()
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    score = run_eval(make_cfg(["stage=eval", f"run_dir={run}"]))  # the run's own config, not the default
+    results = json.load(open(run / "results.json"))
+    assert results["status"] == "done" and results["eval"]["eval/after/kl_to_ref"] > 0
+    assert results["objective"] == pytest.approx(score)
+    assert len([json.loads(line) for line in open(run / "eval" / "samples.jsonl")]) == 6
+
+    bad = cfg.copy()
+    bad.lora.r = 4  # not the adapter the checkpoint holds
+    OmegaConf.save(bad, run / ".hydra" / "config.yaml")
+    with pytest.raises(CheckpointError, match="was not made with"):
+        run_eval(make_cfg(["stage=eval", f"run_dir={run}"]))
+    bad = cfg.copy()
+    bad.policy.adapter = str(tmp_path / "gone")
+    OmegaConf.save(bad, run / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="starting adapter.*does not exist"):
+        run_eval(make_cfg(["stage=eval", f"run_dir={run}"]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_eval(make_cfg(["stage=eval", f"run_dir={tmp_path / 'nowhere'}"]))
