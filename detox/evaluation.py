@@ -107,8 +107,11 @@ class Evaluator:
         self.cfg, self.policy, self.tokenizer, self.judges, self.device = cfg, policy, tokenizer, judges, device
         self.test = eval_rows(splits["test"], cfg.eval.num_samples)
         self.val = None
-        if cfg.eval.val_samples and len(splits["validation"]):
+        if cfg.eval.val_samples and len(splits.get("validation", [])):
             self.val = eval_rows(splits["validation"], cfg.eval.val_samples, "the validation split", "eval.val_samples")
+        else:
+            log.warning("no validation prompts (data.val_size=%s, eval.val_samples=%s): no periodic `val/` curves "
+                        "and no sweep objective.", cfg.data.val_size, cfg.eval.val_samples)
         self.seeds = {"before": cfg.seed, "after": cfg.seed, "null": cfg.seed + 1, "val": cfg.seed + 2}
 
     def sample(self, rows: Dataset, seed: int) -> list[dict]:

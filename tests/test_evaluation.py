@@ -176,3 +176,12 @@ def test_stage_eval_on_a_run_and_its_errors(tiny_overrides, tmp_path):
         run_eval(make_cfg(["stage=eval", f"run_dir={run}"]))
     with pytest.raises(ConfigError, match="does not exist"):
         run_eval(make_cfg(["stage=eval", f"run_dir={tmp_path / 'nowhere'}"]))
+
+
+def test_no_validation_split_means_no_val_figures(tiny_overrides, tmp_path, caplog):
+    from detox.stages import run_ppo
+
+    run_ppo(make_cfg([*tiny_overrides, "data.val_size=0", "eval.every_n_steps=1"], output_dir=str(tmp_path)))
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["eval"] and results["eval_val"] is None and results["objective"] is None
+    assert "no validation prompts" in caplog.text

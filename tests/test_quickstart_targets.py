@@ -1,0 +1,60 @@
+"""The quickstart's promises, checked on the full preset (`pytest -m slow`; about 3 minutes).
+
+Each target reads the run's own evaluation (`eval/report.json`, test split, split by the
+bundled `heated` flag) or its training metrics, exactly as the README states them.
+"""
+
+import json
+
+import pytest
+from test_cli_e2e import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quickstart")
+    out = run_cli(["experiment=quickstart", "logger=none", f"hydra.run.dir={root / 'run'}"], cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = root / "run"
+    report = json.load(open(run / "eval" / "report.json"))
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    config = json.load(open(run / "results.json"))["config"]
+    return report, [r for r in rows if "objective/kl" in r], config
+
+
+def test_starting_policy_summarizes(quickstart):
+    report, _, _ = quickstart
+    assert report["eval/before/rougeL"] >= 0.60
+
+
+def test_independent_judge_toxic_rate_on_heated_falls_by_three_quarters(quickstart):
+    report, _, _ = quickstart
+    key = "eval/heated=True/{}/profanity/toxic_rate"
+    before, after = report[key.format("before")], report[key.format("after")]
+    assert before > 0 and (before - after) / before >= 0.75, (before, after)
+    assert report[key.format("delta") + "_ci_high"] < 0  # the CI of the change excludes zero
+
+
+def test_calm_summaries_keep_their_rouge(quickstart):
+    report, _, _ = quickstart
+    before, after = report["eval/heated=False/before/rougeL"], report["eval/heated=False/after/rougeL"]
+    assert (before - after) / before < 0.05, (before, after)
+
+
+def test_heated_summaries_keep_their_content(quickstart):
+    report, _, _ = quickstart
+    # against the insult-free reference: dropping the insult must not cost the rest
+    assert report["eval/heated=True/delta/summary_clean/rougeL"] >= -0.01
+
+
+def test_length_holds(quickstart):
+    report, _, _ = quickstart
+    assert abs(report["eval/after/length_mean"] / report["eval/before/length_mean"] - 1) <= 0.15
+
+
+def test_kl_stays_within_the_presets_budget(quickstart):
+    _, rows, config = quickstart
+    final_kl = sum(r["objective/kl"] for r in rows[-10:]) / 10
+    assert final_kl <= 2 * config["ppo"]["kl"]["target"], final_kl
