@@ -66,13 +66,13 @@ def test_run_dir_has_every_file(quickstart_run):
 
 
 def test_reward_improves(quickstart_run):
-    """Last quarter of steps beats the first quarter. The margin comes from seeds 0, 1, 2 of
-    the preset, which gained 0.78, 0.70 and 0.33 (the reward is -3 / +3 per insulting /
-    clean summary, and a quarter of the prompts are heated)."""
+    """Last quarter of steps beats the first quarter. The margin is half of what seeds 0, 1, 2
+    of the preset gained (0.133, 0.133, 0.124): the reward is P(nothate), about 0 / 1 per
+    insulting / clean summary, and a quarter of the prompts are heated."""
     run_dir, _ = quickstart_run
     reward = np.array([r["env/reward_mean"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "env/reward_mean" in r])
     q = len(reward) // 4
-    assert reward[-q:].mean() - reward[:q].mean() > 0.2, reward.round(2).tolist()
+    assert reward[-q:].mean() - reward[:q].mean() > 0.06, reward.round(2).tolist()
 
 
 def test_saved_adapter_reloads_and_generates(quickstart_run):
