@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import hydra
 from omegaconf import DictConfig
@@ -28,7 +29,52 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError, LoadError, CheckpointError) as e:
         # A user error: say what is wrong and how to fix it, without a traceback.
         log.error("%s: %s", type(e).__name__, e)
-        sys.exit(2)
+        if not _in_multirun():
+            sys.exit(2)
+        _record_failure(cfg, e)
+        raise
+    except Exception as e:
+        if _in_multirun():
+            log.exception("%s: %s", type(e).__name__, e)
+            _record_failure(cfg, e)
+        raise
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failure(cfg: DictConfig, error: Exception) -> None:
+    """A failing multirun job raises (never sys.exit, which would end the whole sweep): Hydra's
+    launchers then record it as failed and run the other jobs, the basic sweeper exits non-zero
+    once they are done, and the optuna preset counts a failed trial. Its results.json says
+    `failed` and why, even when it failed before the run wrote one (a config error)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from detox.results import Results
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    results = Results.reopen(run_dir)
+    if results.data.get("status") != "failed":  # run_ppo records its own failures
+        fields = {"status": "failed", "error": f"{type(error).__name__}: {error}", "run_dir": run_dir,
+                  "overrides": list(HydraConfig.get().overrides.task),
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if "config" not in results.data:
+            fields["config"] = _config_or_none(cfg)
+        results.update(**fields)
+    log.error("job failed (recorded in %s); the sweep goes on", results.path)
+
+
+def _config_or_none(cfg: DictConfig) -> dict | None:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    except Exception:  # the config itself may be what failed
+        return None
 
 
 if __name__ == "__main__":

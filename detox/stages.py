@@ -152,12 +152,8 @@ def finish_eval(cfg: DictConfig, evaluator: Evaluator, baseline: dict, run_dir: 
 def validation_objective(val: dict, objective_cfg: DictConfig) -> float | None:
     if not val:
         return None
-    try:
-        from detox.sweep import objective
-    except ImportError:  # TEMPORARY until detox/sweep.py lands
-        judge = objective_cfg.judge
-        return (-val[f"eval/delta/{judge}/toxicity_mean"]
-                - objective_cfg.rouge_weight * max(0.0, val["eval/before/rougeL"] - val["eval/after/rougeL"]))
+    from detox.sweep import objective
+
     return objective(val, objective_cfg)
 
 

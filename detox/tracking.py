@@ -55,15 +55,23 @@ class Tracker:
     def _init_wandb(self, cfg: DictConfig, config: dict):
         import wandb
 
+        from detox.sweep import sweep_context
+
         id_file = os.path.join(self.run_dir, "wandb_id.txt")
         run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
         with open(id_file, "w") as f:
             f.write(run_id)
         mode = wandb_mode(cfg)
+        # A multirun job: named by its swept overrides, one group per sweep (unless the config
+        # names them), and the swept keys in its config (`sweep.keys`) for the dashboard.
+        sweep = sweep_context() or {}
+        if sweep:
+            config = {**config, "sweep": {k: sweep[k] for k in ("keys", "dir", "job")}}
         run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.name,
-            tags=list(cfg.tags), config=config, dir=self.run_dir, mode=mode, id=run_id,
-            resume="allow", settings=wandb.Settings(console="off", silent=True),
+            project=cfg.project, entity=cfg.entity, group=cfg.group or sweep.get("group"),
+            name=cfg.name or sweep.get("name"), tags=list(cfg.tags), config=config,
+            dir=self.run_dir, mode=mode, id=run_id, resume="allow",
+            settings=wandb.Settings(console="off", silent=True),
         )
         run.config.update({"run_dir": os.path.abspath(self.run_dir)}, allow_val_change=True)
         return run
