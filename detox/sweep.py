@@ -65,7 +65,8 @@ def split_override(override: str) -> tuple[str, str]:
 
 def group_name(sweep_dir: str) -> str:
     """One W&B group per multirun: the sweep dir's last three parts (`multirun/<date>/<time>`)."""
-    return "/".join(Path(os.path.normpath(str(sweep_dir))).parts[-3:])[-128:]
+    parts = [p for p in Path(os.path.normpath(str(sweep_dir))).parts if p != os.sep]
+    return "/".join(parts[-3:])[-128:]
 
 
 def swept_keys(hydra_cfg: Any) -> list[str]:
