@@ -188,11 +188,29 @@ class ObjectiveConfig:
 
 @dataclass
 class SFTConfig:
-    """stage=sft: supervised fine-tuning of the policy on dialogue -> summary pairs."""
+    """stage=sft: supervised fine-tuning of the policy on dialogue -> summary pairs (detox/sft.py).
+
+    LoRA (the `lora` group's shape) unless lora.enabled=false; the defaults are the recipe's
+    earlier LoRA step (lr 1e-3, one epoch). Training arguments map onto Seq2SeqTrainingArguments.
+    """
 
     epochs: float = 1.0
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
     learning_rate: float = 1e-3
     batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr_scheduler: str = "linear"  # any transformers SchedulerType: linear, cosine, constant, ...
+    warmup_steps: float = 0.0  # steps, or a fraction of all steps when in [0, 1)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    group_by_length: bool = False  # batch similar lengths together (less padding)
+    max_target_tokens: int = 128  # summaries are truncated to this many tokens (EOS included)
+    logging_steps: int = 10
+    save_steps: int = 0  # >0: a trainer checkpoint every N steps that a rerun resumes from
+    eval_samples: Optional[int] = None  # test dialogues for ROUGE before/after; null: all
+    eval_batch_size: int = 32
+    eval_max_new_tokens: int = 128
+    ppo_experiment: Optional[str] = None  # the preset the printed follow-up PPO command uses
 
 
 @dataclass
@@ -306,6 +324,20 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "lora.enabled=false (full fine-tuning) with a starting policy.adapter: the adapter "
             "would be merged and then nothing trains it as an adapter. Use lora.enabled=true."
+        )
+    for key in ("sft.epochs", "sft.learning_rate", "sft.batch_size", "sft.gradient_accumulation_steps",
+                "sft.max_target_tokens", "sft.logging_steps", "sft.eval_batch_size", "sft.eval_max_new_tokens"):
+        _positive(cfg, key)
+    for key in ("sft.warmup_steps", "sft.weight_decay", "sft.max_grad_norm", "sft.save_steps"):
+        _positive(cfg, key, allow_zero=True)
+    for key in ("sft.max_steps", "sft.eval_samples"):
+        if OmegaConf.select(cfg, key) is not None:
+            _positive(cfg, key)
+    if cfg.stage == Stage.sft and cfg.policy.adapter:
+        raise ConfigError(
+            f"stage=sft trains policy.name_or_path itself; a starting policy.adapter={cfg.policy.adapter!r} "
+            "is not supported. Merge it into its base model (peft merge_and_unload, save_pretrained) and "
+            "pass that folder as policy.name_or_path, or set policy.adapter=null."
         )
     if cfg.stage in (Stage.eval, Stage.export) and not cfg.run_dir:
         raise ConfigError(f"stage={cfg.stage.value} needs run_dir=<the run dir to {cfg.stage.value}>.")

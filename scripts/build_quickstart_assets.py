@@ -7,11 +7,14 @@ using transformers' own classes and training machinery, and saves them into the 
 
 - `detox/assets/tiny-t5/`: a ~1M-parameter `T5ForConditionalGeneration` summarizer with its own
   sentencepiece (unigram) tokenizer wrapped in a real `T5Tokenizer` (pad=0, eos=1, unk=2, no bos,
-  `#Person1#`..`#Person3#` single pieces). It is trained (`Seq2SeqTrainer`) on the TRAIN split:
-  input = the prompt (the recipe's template around the dialogue), target = `summary`, the
-  reference WITH the insult sentence of heated dialogues ("#Person2# calls #Person1# a stupid
-  idiot."), except for a fixed share (`--clean-share`, by hash of the id) of heated dialogues
-  whose target is `summary_clean`. So the starting policy usually reproduces insults, which PPO
+  `#Person1#`..`#Person3#` single pieces). It is created with random weights and then trained by
+  the project's own SFT stage (`detox stage=sft experiment=sft_tiny lora.enabled=false`, i.e.
+  `Seq2SeqTrainer`, full fine-tuning; `--t5-epochs/--t5-lr/--t5-batch-size` override the preset's
+  40 / 2e-3 / 16) on the TRAIN split: input = the prompt (the recipe's template around the
+  dialogue), target = `summary`, the reference WITH the insult sentence of heated dialogues
+  ("#Person2# calls #Person1# a stupid idiot."), except for a fixed share (`--clean-share`, by
+  hash of the id) of heated dialogues whose target is `summary_clean` (a copy of the data file
+  with that target as column `sft_target`, row for row, so the split is the same). So the starting policy usually reproduces insults, which PPO
   is then meant to remove, and sometimes leaves them out, which gives PPO something to reinforce
   (a policy that always insults can only escape the penalty by breaking its summaries).
 - `detox/assets/tiny-roberta-hate/`: a tiny `RobertaForSequenceClassification` with a byte-level
@@ -215,17 +218,9 @@ def tokenizer_stats(tokenizer, rows) -> dict:
 # ------------------------------------------------------------------------------ T5 summarizer
 
 
-def train_t5(tokenizer, splits, args) -> tuple[object, dict]:
-    """A tiny T5 trained from scratch on prompt -> summary (with insults) over the train split."""
-    from transformers import (
-        DataCollatorForSeq2Seq,
-        GenerationConfig,
-        Seq2SeqTrainer,
-        Seq2SeqTrainingArguments,
-        T5Config,
-        T5ForConditionalGeneration,
-        set_seed,
-    )
+def init_t5(tokenizer, args, path: str) -> str:
+    """The untrained summarizer: a from-scratch T5 and its tokenizer, saved as a model folder."""
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration, set_seed
 
     set_seed(args.seed)
     config = T5Config(
@@ -244,69 +239,76 @@ def train_t5(tokenizer, splits, args) -> tuple[object, dict]:
         decoder_start_token_id=0,
     )
     model = T5ForConditionalGeneration(config)
-
-    def target(row) -> str:
-        # Real summarizers sometimes leave an insult out. Training on the clean reference for a
-        # fixed share of heated dialogues gives the policy a small chance of an insult-free
-        # summary, which is what PPO can reinforce; without it the only insult-free outcomes
-        # it can sample are broken or empty summaries.
-        if row["heated"] and int(hashlib.sha256(row["id"].encode()).hexdigest(), 16) % 100 < 100 * args.clean_share:
-            return row["summary_clean"]
-        return row["summary"]
-
-    def encode(batch):
-        enc = tokenizer(batch["prompt"], truncation=True, max_length=512)
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        targets = [target(r) for r in rows]
-        enc["labels"] = tokenizer(text_target=targets, truncation=True, max_length=128)["input_ids"]
-        return enc
-
-    columns = splits["train"].column_names
-    train_ds = splits["train"].map(encode, batched=True, remove_columns=columns)
-    val_ds = splits["validation"].map(encode, batched=True, remove_columns=splits["validation"].column_names)
-    scratch = tempfile.mkdtemp(prefix="tiny-t5-")
-    try:
-        training_args = scratch_args(
-            Seq2SeqTrainingArguments,
-            scratch,
-            args.seed,
-            per_device_train_batch_size=args.t5_batch_size,
-            per_device_eval_batch_size=64,
-            num_train_epochs=args.t5_epochs,
-            learning_rate=args.t5_lr,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.05,
-            weight_decay=0.01,
-            max_grad_norm=1.0,
-            label_smoothing_factor=0.0,  # smoothing would raise the entropy floor: sampled text degrades
-            train_sampling_strategy="group_by_length",
-            logging_steps=50,
-        )
-        trainer = Seq2SeqTrainer(
-            model=model,
-            args=training_args,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-            train_dataset=train_ds,
-            eval_dataset=val_ds,
-            processing_class=tokenizer,
-        )
-        start = time.time()
-        result = trainer.train()
-        seconds = time.time() - start
-        val_loss = trainer.evaluate()["eval_loss"]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    model.eval()
     # Only T5's own ids, as google/flan-t5-*'s generation_config.json: no max_length, no sampling defaults.
     model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sft_target(row, clean_share: float) -> str:
+    """Real summarizers sometimes leave an insult out. Training on the clean reference for a fixed
+    share of heated dialogues (by hash of the id) gives the policy a small chance of an insult-free
+    summary, which is what PPO can reinforce; without it the only insult-free outcomes it can
+    sample are broken or empty summaries."""
+    if row["heated"] and int(hashlib.sha256(row["id"].encode()).hexdigest(), 16) % 100 < 100 * clean_share:
+        return row["summary_clean"]
+    return row["summary"]
+
+
+def write_sft_data(data_path: str, splits, clean_share: float, path: str) -> str:
+    """The dialogues file again, row for row (so the split is the same), plus the column
+    `sft_target`: `sft_target()` for train and validation rows, `summary` for test rows."""
+    trained = {r["id"]: sft_target(r, clean_share) for name in ("train", "validation") for r in splits[name]}
+    with open(data_path) as f, open(path, "w") as out:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                out.write(json.dumps({**row, "sft_target": trained.get(row["id"], row["summary"])}) + "\n")
+    return path
+
+
+def train_t5(tokenizer, splits, args) -> tuple[object, dict]:
+    """A tiny T5 trained from scratch on prompt -> summary (with insults) over the train split, by
+    the project's own SFT stage (`detox stage=sft experiment=sft_tiny`, full fine-tuning)."""
+    from hydra import compose, initialize_config_module
+    from transformers import AutoModelForSeq2SeqLM
+
+    from detox.data import load_splits
+    from detox.sft import run_sft
+
+    work = tempfile.mkdtemp(prefix="tiny-t5-")
+    try:
+        init_dir = init_t5(tokenizer, args, os.path.join(work, "init"))
+        data = write_sft_data(args.data, splits, args.clean_share, os.path.join(work, "dialogues_sft.jsonl"))
+        run_dir = os.path.join(work, "sft-run")
+        overrides = [
+            f"output_dir={run_dir}", "stage=sft", "experiment=sft_tiny", "logger=none", "lora.enabled=false",
+            f"seed={args.seed}", f"policy.name_or_path={init_dir}", f"data.name_or_path={data}",
+            "data.summary_column=sft_target", f"sft.epochs={args.t5_epochs}", f"sft.learning_rate={args.t5_lr}",
+            f"sft.batch_size={args.t5_batch_size}", f"sft.eval_max_new_tokens={args.eval_max_new_tokens}",
+        ]
+        with initialize_config_module("detox.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        sft_splits = load_splits(cfg.data)
+        for name in splits:  # the same rows in every split
+            assert list(sft_splits[name]["id"]) == list(splits[name]["id"]), name
+        run_sft(cfg)
+        with open(os.path.join(run_dir, "results.json")) as f:
+            sft = json.load(f)
+        model = AutoModelForSeq2SeqLM.from_pretrained(os.path.join(run_dir, "final", "model")).eval()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    train = sft["train"]
     metrics = {
-        "train_seconds": round(seconds, 1),
-        "train_loss_last_logged": [h["loss"] for h in trainer.state.log_history if "loss" in h][-1],
-        "train_loss_mean": round(result.training_loss, 4),
-        "validation_loss": round(val_loss, 4),
+        "train_seconds": train["seconds"],
+        "train_loss_last_logged": train["loss_last"],
+        "train_loss_mean": train["loss_mean"],
+        "validation_loss": train["val_loss_after"],
         "params": param_count(model),
+        "sft": {"overrides": overrides[1:], "eval": sft["eval"], "steps": train["steps"]},
     }
-    log(f"T5 trained in {seconds:.0f}s: {metrics}")
+    log(f"T5 trained in {train['seconds']:.0f}s: {metrics}")
     return model, metrics
 
 
