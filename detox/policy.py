@@ -61,7 +61,7 @@ def check_target_modules(model: nn.Module, targets: list[str]) -> None:
         )
 
 
-def _load_adapter(model: nn.Module, path: str, name: str, trainable: bool) -> PeftModel:
+def load_adapter(model: nn.Module, path: str, name: str, trainable: bool) -> PeftModel:
     if not (os.path.isdir(path) or "/" in path):
         raise LoadError(f"policy.adapter={path!r} is neither an existing folder nor a hub id.")
     with friendly_load_error("policy.adapter", path):
@@ -183,7 +183,7 @@ def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
         from trl.experimental.utils import create_reference_model
 
         if adapter:
-            model = _load_adapter(model, adapter, TRAIN_ADAPTER, trainable=False).merge_and_unload()
+            model = load_adapter(model, adapter, TRAIN_ADAPTER, trainable=False).merge_and_unload()
         reference = create_reference_model(model)
         if reference_is_base and adapter:
             raise ConfigError("policy.reference=base with a merged adapter and lora.enabled=false is "
@@ -199,17 +199,17 @@ def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
     if adapter is None:
         return _finish(Policy(get_peft_model(model, fresh), "disable"), policy_cfg)
     if lora_cfg.train == "continue":
-        peft_model = _load_adapter(model, adapter, TRAIN_ADAPTER, trainable=True)
+        peft_model = load_adapter(model, adapter, TRAIN_ADAPTER, trainable=True)
         if reference_is_base:
             return _finish(Policy(peft_model, "disable"), policy_cfg)
-        _load_adapter(peft_model, adapter, REFERENCE_ADAPTER, trainable=False)
+        load_adapter(peft_model, adapter, REFERENCE_ADAPTER, trainable=False)
         peft_model.set_adapter(TRAIN_ADAPTER)
         _freeze_adapter(peft_model, REFERENCE_ADAPTER)
         return _finish(Policy(peft_model, "adapter"), policy_cfg)
     if not reference_is_base:
-        merged = _load_adapter(model, adapter, START_ADAPTER, trainable=False).merge_and_unload()
+        merged = load_adapter(model, adapter, START_ADAPTER, trainable=False).merge_and_unload()
         return _finish(Policy(get_peft_model(merged, fresh), "disable"), policy_cfg)
-    peft_model = _load_adapter(model, adapter, START_ADAPTER, trainable=False)
+    peft_model = load_adapter(model, adapter, START_ADAPTER, trainable=False)
     peft_model.add_adapter(TRAIN_ADAPTER, fresh)
     peft_model.base_model.set_adapter([START_ADAPTER, TRAIN_ADAPTER])
     _freeze_adapter(peft_model, START_ADAPTER)

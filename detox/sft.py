@@ -41,7 +41,7 @@ from transformers import (DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainin
 from detox.checkpoint import CheckpointError, atomic_dir, atomic_write_text
 from detox.data import DataError, load_splits
 from detox.eval_metrics import ROUGE_KEYS, rouge
-from detox.policy import TRAIN_ADAPTER, _load_adapter, build_policy, load_base_model, load_tokenizer
+from detox.policy import TRAIN_ADAPTER, load_adapter, build_policy, load_base_model, load_tokenizer
 from detox.ppo import response_mask
 from detox.results import Results, provenance
 from detox.schema import ConfigError
@@ -131,7 +131,7 @@ def save_artifact(model, tokenizer, final_dir: str, lora: bool) -> str:
 def load_artifact(cfg: DictConfig, path: str):
     """The fine-tuned model back from `save_artifact`'s folder, through PPO's loaders."""
     if cfg.lora.enabled:
-        return _load_adapter(load_base_model(cfg.policy), path, TRAIN_ADAPTER, trainable=False)
+        return load_adapter(load_base_model(cfg.policy), path, TRAIN_ADAPTER, trainable=False)
     policy_cfg = cfg.policy.copy()
     policy_cfg.name_or_path = path
     return load_base_model(policy_cfg)
