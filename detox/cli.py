@@ -22,8 +22,15 @@ def main(cfg: DictConfig) -> float | None:
     from detox.checkpoint import CheckpointError
     from detox.data import DataError
     from detox.hub import LoadError
+    from detox.distributed import launched_world_size
     from detox.stages import run_stage
 
+    if launched_world_size() > 1 and _in_multirun():
+        # Every process would run the whole sweep, and their jobs would not line up.
+        log.error("ConfigError: `-m` (multirun) under a data-parallel launcher (WORLD_SIZE=%d) is not "
+                  "supported: launch each sweep point on its own with `accelerate launch ... -m detox "
+                  "<overrides>`, or sweep without `accelerate launch`.", launched_world_size())
+        sys.exit(2)
     try:
         return run_stage(cfg)
     except (ConfigError, DataError, LoadError, CheckpointError) as e:

@@ -15,6 +15,7 @@ from transformers import set_seed
 from detox.checkpoint import (CheckpointError, atomic_write_json, latest_checkpoint, load_checkpoint,
                               load_trainable, read_state, save_checkpoint)
 from detox.data import load_splits
+from detox.distributed import Distributed, use_main_run_dir
 from detox.evaluation import Evaluator
 from detox.hub import looks_local
 from detox.judges import build_judges
@@ -28,6 +29,7 @@ from detox.trainer import PPOTrainer
 
 log = logging.getLogger("detox")
 ROLLOUTS_FILE = "rollouts.jsonl"
+DISTRIBUTED_FILE = "distributed.json"
 
 
 def run_stage(cfg: DictConfig):
@@ -99,25 +101,50 @@ def model_provenance(cfg: DictConfig, policy, reward) -> dict:
 
 
 def run_ppo(cfg: DictConfig) -> float | None:
-    """Train, evaluate, and return the validation objective (what Hydra sweepers maximise)."""
-    run_dir = cfg.output_dir
+    """Train, evaluate, and return the validation objective (what Hydra sweepers maximise).
+
+    Under `accelerate launch` with several processes every process trains (data-parallel, see
+    detox/distributed.py) in the main process's run dir; only the main one writes, logs and
+    evaluates."""
+    dist = Distributed.start(resolve_device(cfg.device))
+    try:
+        return _run_ppo(cfg, dist)
+    finally:
+        dist.close()
+
+
+class _Muted:
+    """Results / Tracker stand-in on the processes that do not write."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _run_ppo(cfg: DictConfig, dist: Distributed) -> float | None:
+    run_dir = dist.broadcast_object(cfg.output_dir)
+    if run_dir != cfg.output_dir:  # this process's Hydra dir resolved ${now:...} a second apart
+        use_main_run_dir(cfg.output_dir, run_dir)
+        cfg.output_dir = run_dir
     os.makedirs(run_dir, exist_ok=True)
-    resume_from = _resume_point(cfg, run_dir)
+    resume_from = dist.broadcast_object(_resume_point(cfg, run_dir) if dist.is_main else None)
     config = config_dict(cfg)
-    results = Results(run_dir, hydra_overrides(), config)
+    results = Results(run_dir, hydra_overrides(), config) if dist.is_main else _Muted()
     tracker = None
     try:
-        trainer, evaluator = build_ppo(cfg)
+        trainer, evaluator = build_ppo(cfg, dist)
         results.update(provenance=provenance(model_provenance(cfg, trainer.policy, trainer.reward)))
         # The starting policy is evaluated before any checkpoint loads (cached for resumes).
         baseline = evaluator.baseline(os.path.join(run_dir, "eval")) if evaluator else None
         if resume_from:
             trainer.load_state(load_checkpoint(resume_from, trainer.policy, trainer.optimizer, fingerprint(cfg)))
             log.info("resumed from %s at step %d", resume_from, trainer.step)
-        tracker = trainer.tracker = Tracker(cfg.logger, run_dir, config, start_step=trainer.step)
+        tracker = trainer.tracker = (Tracker(cfg.logger, run_dir, config, start_step=trainer.step)
+                                     if dist.is_main else _Muted())
         if evaluator and cfg.eval.every_n_steps and trainer.step == 0 and evaluator.val is not None:
             tracker.log(evaluator.periodic()[0], 0)  # the curves' starting point
         metrics = train_loop(cfg, trainer, tracker, run_dir, evaluator)
+        if not dist.is_main:
+            return None
         plot_curves(run_dir)
         results.update(train=metrics)
         objective = None
@@ -157,22 +184,25 @@ def validation_objective(val: dict, objective_cfg: DictConfig) -> float | None:
     return objective(val, objective_cfg)
 
 
-def build_ppo(cfg: DictConfig) -> tuple[PPOTrainer, Evaluator | None]:
-    set_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrainer, Evaluator | None]:
+    """The trainer, and the evaluator (None where eval is off, and on non-main processes)."""
+    dist = dist or Distributed()
+    set_seed(cfg.seed)  # the same on every process: the same starting weights
+    device = dist.place(resolve_device(cfg.device))
     # Everything that can fail cheaply comes before the policy's weights load.
     splits = load_run_splits(cfg)
     check_reward_label(cfg.reward)
-    reward_device = resolve_device(cfg.reward.device) if cfg.reward.device else device
+    reward_device = dist.place(resolve_device(cfg.reward.device)) if cfg.reward.device else device
     reward = build_reward(cfg.reward, reward_device)
-    judges = build_judges(cfg.eval.judges, cfg.reward, reward_device, reward=reward) if cfg.eval.enabled else None
+    judges = (build_judges(cfg.eval.judges, cfg.reward, reward_device, reward=reward)
+              if cfg.eval.enabled and dist.is_main else None)
 
     tokenizer = load_tokenizer(cfg.policy)
     policy = build_policy(cfg.policy, cfg.lora).to(device)
     trainable, total = count_parameters(policy)
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
-    trainer = PPOTrainer(cfg, policy, tokenizer, reward, splits["train"], None, device)
+    trainer = PPOTrainer(cfg, policy, tokenizer, reward, splits["train"], None, device, dist)
     evaluator = Evaluator(cfg, policy, tokenizer, judges, splits, device) if judges is not None else None
     return trainer, evaluator
 
@@ -186,10 +216,11 @@ def load_run_splits(cfg: DictConfig):
 
 def train_loop(cfg: DictConfig, trainer: PPOTrainer, tracker: Tracker, run_dir: str,
                evaluator: Evaluator | None = None) -> dict:
-    ppo_cfg = cfg.ppo
+    ppo_cfg, dist = cfg.ppo, trainer.dist
     every = cfg.eval.every_n_steps if evaluator is not None and evaluator.val is not None else 0
     metrics: dict = {}
-    bar = tqdm(total=ppo_cfg.steps, initial=trainer.step, desc="PPO", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=ppo_cfg.steps, initial=trainer.step, desc="PPO", unit="step", dynamic_ncols=True,
+               disable=not dist.is_main)
     while trainer.step < ppo_cfg.steps:
         metrics, rollout = trainer.train_step()
         trainer.step += 1
@@ -198,29 +229,41 @@ def train_loop(cfg: DictConfig, trainer: PPOTrainer, tracker: Tracker, run_dir: 
             metrics = {**metrics, **val_metrics}
             tracker.log_table("val/samples", table, trainer.step)
         tracker.log(metrics, trainer.step)
-        _append_rollouts(run_dir, trainer.step, rollout)
+        _append_rollouts(run_dir, trainer.step, rollout, dist)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['env/reward_mean']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
                         len=f"{metrics['response/length_mean']:.1f}")
         if ppo_cfg.save_every and trainer.step % ppo_cfg.save_every == 0 and trainer.step < ppo_cfg.steps:
-            save_checkpoint(os.path.join(run_dir, "checkpoints", f"step-{trainer.step}"), trainer.policy,
-                            trainer.optimizer, {**trainer.state(), "fingerprint": fingerprint(cfg)})
+            _save(cfg, trainer, os.path.join(run_dir, "checkpoints", f"step-{trainer.step}"))
     bar.close()
     if not metrics:  # resumed a run that had already finished its steps
         metrics = {k: v for k, v in (read_metrics(run_dir) or [{}])[-1].items() if k != "step"}
-    save_checkpoint(os.path.join(run_dir, "final"), trainer.policy, trainer.optimizer,
-                    {**trainer.state(), "fingerprint": fingerprint(cfg)})
+    dist.record(os.path.join(run_dir, DISTRIBUTED_FILE), trainer.rank_report, steps=trainer.step,
+                batch_size_per_process=ppo_cfg.batch_size, global_batch_size=ppo_cfg.batch_size * dist.world_size)
+    _save(cfg, trainer, os.path.join(run_dir, "final"))
     return metrics
 
 
-def _append_rollouts(run_dir: str, step: int, r) -> None:
-    """Every sampled response with its score and KL, so a user can read what PPO rewarded."""
+def _save(cfg: DictConfig, trainer: PPOTrainer, path: str) -> None:
+    state = {**trainer.state(), "fingerprint": fingerprint(cfg)}  # data-parallel: every process's
+    if trainer.dist.is_main:
+        save_checkpoint(path, trainer.policy, trainer.optimizer, state)
+
+
+def _append_rollouts(run_dir: str, step: int, r, dist: Distributed | None = None) -> None:
+    """Every sampled response with its score and KL, so a user can read what PPO rewarded
+    (data-parallel: every process's, written by the main one, with the sampling `rank`)."""
     k1 = r.kl_per_seq.tolist()
     lengths = r.mask.sum(1).long().tolist()
+    rows = [{"step": step, "id": r.ids[i], "response": r.responses[i], "score": float(r.scores[i]),
+             "kl": k1[i], "length": lengths[i], **({} if r.rank is None else {"rank": r.rank})}
+            for i in range(len(r.responses))]
+    if dist is not None and dist.enabled:
+        rows = [row for part in dist.gather_object(rows) for row in part]
+        if not dist.is_main:
+            return
     with open(os.path.join(run_dir, ROLLOUTS_FILE), "a") as f:
-        for i in range(len(r.responses)):
-            f.write(json.dumps({"step": step, "id": r.ids[i], "response": r.responses[i],
-                                "score": float(r.scores[i]), "kl": k1[i], "length": lengths[i]}) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:

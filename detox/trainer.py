@@ -8,6 +8,7 @@ per-token rewards (-beta * KL, plus the score on the last response token) -> GAE
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import time
@@ -17,10 +18,12 @@ import numpy as np
 import torch
 from datasets import Dataset
 from omegaconf import DictConfig
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase, set_seed
 
 from detox import ppo
+from detox.checkpoint import CheckpointError
 from detox.data import PromptSampler, sample_max_new_tokens
+from detox.distributed import Distributed, weights_checksum
 from detox.policy import Policy
 from detox.reward import RewardModel
 from detox.tracking import Tracker
@@ -46,6 +49,7 @@ class Rollout:
     responses: list[str]
     ids: list
     kl_per_seq: torch.Tensor | None = None  # [B] k1 sum over the response, set by train_step
+    rank: int | None = None  # the sampling process, in a data-parallel run
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
@@ -72,12 +76,28 @@ def generation_config(gen: DictConfig, model_config) -> GenerationConfig:
 
 
 class PPOTrainer:
+    """dist: the data-parallel group (see detox/distributed.py); default: one process. With
+    several, each samples `ppo.batch_size` prompts from its own shard of `train_set` per step,
+    and the statistics, KL and gradients of the step are shared (the global batch is
+    batch_size x processes)."""
+
     def __init__(
         self, cfg: DictConfig, policy: Policy, tokenizer: PreTrainedTokenizerBase, reward: RewardModel,
-        train_set: Dataset, tracker: Tracker, device: torch.device,
+        train_set: Dataset, tracker: Tracker, device: torch.device, dist: Distributed | None = None,
     ):
         self.cfg, self.policy, self.tokenizer, self.reward = cfg, policy, tokenizer, reward
-        self.train_set, self.tracker, self.device = train_set, tracker, device
+        self.tracker, self.device = tracker, device
+        self.dist = dist = dist or Distributed()
+        self.train_set = train_set
+        if dist.enabled:
+            # Strided shards (row i goes to process i % n), so an unshuffled split still mixes.
+            if len(train_set) < dist.world_size:
+                raise ValueError(f"the train split has {len(train_set)} rows, fewer than the "
+                                 f"{dist.world_size} processes: nothing to shard.")
+            self.train_set = train_set.shard(num_shards=dist.world_size, index=dist.rank, contiguous=False)
+            log.info("data-parallel: %d processes x ppo.batch_size %d = %d prompts per step, each process "
+                     "from its own shard of the train split (%d of %d rows here)", dist.world_size,
+                     cfg.ppo.batch_size, dist.world_size * cfg.ppo.batch_size, len(self.train_set), len(train_set))
         self.ppo_cfg = cfg.ppo
         self.gen_config = generation_config(cfg.generation, policy.config)
         self.eos_id = policy.config.eos_token_id
@@ -94,23 +114,57 @@ class PPOTrainer:
         )
         kl = cfg.ppo.kl
         self.kl_ctl = ppo.make_kl_controller(kl.controller.value, kl.init_coef, kl.target, kl.horizon)
-        self.sampler = PromptSampler(len(train_set), cfg.ppo.batch_size, seed=cfg.seed)
-        self.length_rng = np.random.default_rng([cfg.seed, 1])
+        self.sampler = PromptSampler(len(self.train_set), cfg.ppo.batch_size, seed=cfg.seed)
+        self.length_rng = np.random.default_rng([cfg.seed, 1, *([dist.rank] if dist.enabled else [])])
+        if dist.enabled:
+            # Same start everywhere (every process built the policy under cfg.seed; the
+            # broadcast makes it certain), then each process samples under its own seed.
+            dist.broadcast_parameters(self.trainable)
+            set_seed(cfg.seed + 1_000_003 * dist.rank)
         self.step = 0
         self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- state for checkpoints
     def state(self) -> dict:
-        return {
+        """The trainer's checkpoint state. Data-parallel: a collective (call it on every
+        process); it adds every process's sampler and RNG states under `ranks`."""
+        state = {
             "step": self.step, "kl_coef": self.kl_ctl.value, "kl_controller": self.kl_ctl.state_dict(),
             "sampler": self.sampler.state_dict(), "length_rng": self.length_rng.bit_generator.state,
         }
+        if self.dist.enabled:
+            own = {"sampler": state["sampler"], "length_rng": state["length_rng"],
+                   "torch_rng": _encode_rng(torch.get_rng_state())}
+            if self.device.type == "cuda":
+                own["cuda_rng"] = _encode_rng(torch.cuda.get_rng_state(self.device))
+            state.update(world_size=self.dist.world_size, ranks=self.dist.gather_object(own))
+        return state
 
     def load_state(self, state: dict) -> None:
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(
+                f"this checkpoint was written by a run of {saved_world} process(es) and this run has "
+                f"{self.dist.world_size}: each process samples its own shard with its own seeds, so resume "
+                f"with {saved_world} (accelerate launch --num_processes {saved_world}), or start a new run dir."
+            )
         self.step = state["step"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.length_rng.bit_generator.state = state["length_rng"]
+        own = state["ranks"][self.dist.rank] if self.dist.enabled else state
+        self.sampler.load_state_dict(own["sampler"])
+        self.length_rng.bit_generator.state = own["length_rng"]
+        if "torch_rng" in own:
+            torch.set_rng_state(_decode_rng(own["torch_rng"]))
+        if "cuda_rng" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(_decode_rng(own["cuda_rng"]), self.device)
+
+    def rank_report(self) -> dict:
+        """This process's facts for `distributed.json`: optimizer steps taken, a checksum of its
+        trainable weights (equal on every process when gradients are in sync), its shard."""
+        steps = [int(s["step"]) for s in self.optimizer.state.values() if "step" in s]
+        return {"rank": self.dist.rank, "optimizer_steps": max(steps, default=0),
+                "weights_sha256": weights_checksum(self.policy.trainable_state_dict()),
+                "kl_coef": self.kl_ctl.value, "shard_rows": len(self.train_set), "device": str(self.device)}
 
     # ---------------------------------------------------------------- rollout
     @torch.no_grad()
@@ -176,11 +230,15 @@ class PPOTrainer:
             del ref_logits
         cat = {k: torch.cat(v) for k, v in out.items()}
         self.timings["perf/forward_s"] = time.perf_counter() - t0
-        ids = list(rows[self.id_column]) if self.id_column else list(indices)
+        if self.id_column:
+            ids = list(rows[self.id_column])
+        else:  # row numbers of the whole train split
+            ids = [self.dist.rank + self.dist.world_size * i for i in indices] if self.dist.enabled else list(indices)
         return Rollout(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
             decoder_input_ids=decoder_input_ids, response_ids=response_ids, mask=mask,
-            scores=scores.to(self.device), prompts=prompts, responses=responses, ids=ids, **cat,
+            scores=scores.to(self.device), prompts=prompts, responses=responses, ids=ids,
+            rank=self.dist.rank if self.dist.enabled else None, **cat,
         )
 
     def _forward_chunks(self, n: int) -> list[torch.Tensor]:
@@ -193,10 +251,17 @@ class PPOTrainer:
         kl = ppo.kl_penalty(r.logprobs, r.ref_logprobs, self.ppo_cfg.kl.estimator.value) * r.mask
         rewards = ppo.kl_penalized_rewards(r.scores, kl, r.mask, kl_coef)
         if self.ppo_cfg.whiten_rewards:
-            rewards = ppo.masked_whiten(rewards, r.mask, shift_mean=False)
+            rewards = self._whiten(rewards, r.mask, shift_mean=False)
         advantages, returns = ppo.compute_gae(rewards, r.values, r.mask, self.ppo_cfg.gamma, self.ppo_cfg.lam)
-        advantages = ppo.masked_whiten(advantages, r.mask)
+        advantages = self._whiten(advantages, r.mask)
         return {"advantages": advantages, "returns": returns, "kl": kl, "kl_coef": kl_coef}
+
+    def _whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+        """`ppo.masked_whiten` with the statistics of the global batch (every process's)."""
+        if not self.dist.enabled:
+            return ppo.masked_whiten(x, mask, shift_mean=shift_mean)
+        mean, var = self.dist.masked_moments(x, mask)
+        return ppo.masked_whiten(x, mask, shift_mean=shift_mean, mean=mean, var=var)
 
     def optimise(self, r: Rollout, adv: dict) -> dict[str, float]:
         cfg = self.ppo_cfg
@@ -232,12 +297,16 @@ class PPOTrainer:
                     stats["clipfrac"].append(pg_stats["clipfrac"])
                     stats["vf_clipfrac"].append(vf_stats["clipfrac"])
                     stats["ratio"].append(ppo.masked_mean(torch.exp(logprobs.detach() - r.logprobs[rows]), mask))
+                self.dist.average_gradients(self.trainable)
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                 self.optimizer.step()
             epochs_done += 1
-            if cfg.target_approx_kl and float(torch.stack(stats["approxkl"][epoch_start:]).mean()) > cfg.target_approx_kl:
-                break
+            # Every process must take the same decision: the global mean approx-KL decides.
+            if cfg.target_approx_kl:
+                approxkl = self.dist.mean(float(torch.stack(stats["approxkl"][epoch_start:]).mean()))
+                if approxkl > cfg.target_approx_kl:
+                    break
         means = {k: torch.stack(v).double() for k, v in stats.items()}
         self.first_ratio = float(means["ratio"][0])
         return {
@@ -259,15 +328,19 @@ class PPOTrainer:
         self.timings["perf/optimise_s"] = time.perf_counter() - t1
         mask = r.mask
         r.kl_per_seq = ((r.logprobs - r.ref_logprobs) * mask).sum(1)
-        kl_mean = float(r.kl_per_seq.mean())
-        self.kl_ctl.update(kl_mean, self.ppo_cfg.batch_size)
-        self._warn_negative_kl(r.kl_per_seq)
+        scores, kl_per_seq = r.scores, r.kl_per_seq
+        if self.dist.enabled:  # the global batch's (every process's); the KL controller steps on them
+            scores, kl_per_seq = self.dist.gather(torch.stack([scores.float(), kl_per_seq.float()], 1)).unbind(1)
+        kl_mean = float(kl_per_seq.mean())
+        self.kl_ctl.update(kl_mean, self.ppo_cfg.batch_size * self.dist.world_size)
+        if self.dist.is_main:
+            self._warn_negative_kl(kl_per_seq)
         step_time = time.perf_counter() - t0
         lengths = mask.sum(1)
         ended = (r.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1) == self.eos_id)
         metrics = {
-            "env/reward_mean": float(r.scores.mean()),
-            "env/reward_std": float(r.scores.std()) if len(r.scores) > 1 else 0.0,
+            "env/reward_mean": float(scores.mean()),
+            "env/reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
             "objective/kl": kl_mean,
             "objective/kl_coef": adv["kl_coef"],
             "objective/kl_penalty": float(-adv["kl_coef"] * adv["kl"].sum(1).mean()),
@@ -282,7 +355,19 @@ class PPOTrainer:
             "perf/samples_per_s": len(r.prompts) / step_time,
             **self.timings,
         }
+        if self.dist.enabled:
+            metrics = self._global_metrics(metrics, exact=("env/reward_mean", "env/reward_std", "objective/kl",
+                                                           "objective/kl_coef", "ppo/epochs"))
         return metrics, r
+
+    def _global_metrics(self, metrics: dict[str, float], exact: tuple[str, ...]) -> dict[str, float]:
+        """Means over processes of this process's metrics (one all-reduce); `exact` ones are
+        already global; throughput is the sum."""
+        keys = sorted(k for k in metrics if k not in exact)
+        means = self.dist.mean(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64))
+        out = {**metrics, **dict(zip(keys, means.tolist()))}
+        out["perf/samples_per_s"] *= self.dist.world_size
+        return out
 
     def _warn_negative_kl(self, k1_per_seq: torch.Tensor) -> None:
         """Sampling settings such as min_length bias the k1 estimate negative; only a mean
@@ -298,3 +383,12 @@ class PPOTrainer:
                 "distribution than the policy's log-probs describe, which biases k1 below zero.",
                 self.step, mean, se,
             )
+
+
+def _encode_rng(state: torch.Tensor) -> str:
+    """A torch RNG state (uint8 tensor) as text, for trainer_state.json."""
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode()
+
+
+def _decode_rng(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)

@@ -98,7 +98,7 @@ def main() -> None:
     with initialize_config_module("detox.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"output_dir={tmp}/run", *overrides, *args.overrides])
 
-    trainer = build_ppo(cfg, resume_from=None)
+    trainer, _ = build_ppo(cfg)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rows = []
