@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 import hydra
 from omegaconf import DictConfig
@@ -61,14 +60,14 @@ def _record_failure(cfg: DictConfig, error: Exception) -> None:
     `failed` and why, even when it failed before the run wrote one (a config error)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from detox.results import Results
+    from detox.results import Results, now
 
     run_dir = HydraConfig.get().runtime.output_dir
     results = Results.reopen(run_dir)
     if results.data.get("status") != "failed":  # run_ppo records its own failures
         fields = {"status": "failed", "error": f"{type(error).__name__}: {error}", "run_dir": run_dir,
                   "overrides": list(HydraConfig.get().overrides.task),
-                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "finished_at": now()}
         if "config" not in results.data:
             fields["config"] = _config_or_none(cfg)
         results.update(**fields)

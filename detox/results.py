@@ -17,6 +17,10 @@ PACKAGES = ("detox", "torch", "transformers", "peft", "trl", "datasets", "hydra-
             "alt-profanity-check", "rouge-score")
 
 
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def git_sha() -> str | None:
     for where in (os.getcwd(), os.path.dirname(os.path.abspath(__file__))):
         try:
@@ -53,7 +57,7 @@ class Results:
         self.path = os.path.join(run_dir, RESULTS_FILE)
         self.data: dict[str, Any] = {
             "status": "running", "overrides": overrides, "run_dir": os.path.abspath(run_dir),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": config,
+            "started_at": now(), "config": config,
             "train": None, "eval": None, "provenance": None,
         }
         self.write()
@@ -72,6 +76,12 @@ class Results:
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
         self.write()
+
+    def done(self, **fields: Any) -> None:
+        self.update(**fields, status="done", finished_at=now())
+
+    def failed(self, error: BaseException) -> None:
+        self.update(status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
 
     def write(self) -> None:
         atomic_write_json(self.path, self.data)

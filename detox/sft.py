@@ -336,12 +336,12 @@ def run_sft(cfg: DictConfig) -> float:
             figures.update({f"eval/delta/{k}": round(after[f"eval/after/{k}"] - before[f"eval/before/{k}"], 4)
                             for k in ROUGE_KEYS})
         _write_samples(run_dir, test, cfg, predictions_before, predictions_after)
-        results.update(eval=figures, status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        results.done(eval=figures)
         tracker.summary({**figures, **{f"final/{k}": v for k, v in train_metrics.items()
                                        if isinstance(v, (int, float))}})
         tracker.finish(0)
     except BaseException as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        results.failed(e)
         if tracker is not None:
             tracker.finish(1)
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -150,11 +149,11 @@ def _run_ppo(cfg: DictConfig, dist: Distributed) -> float | None:
         objective = None
         if evaluator:
             objective = finish_eval(cfg, evaluator, baseline, run_dir, results, tracker)
-        results.update(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        results.done()
         tracker.summary({f"final/{k}": v for k, v in metrics.items()})
         tracker.finish(0)
     except BaseException as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        results.failed(e)
         if tracker is not None:
             tracker.finish(1)
         raise

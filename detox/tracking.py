@@ -159,7 +159,9 @@ def plot_curves(run_dir: str) -> str | None:
 
 
 def quiet_libraries() -> None:
-    """One progress bar (PPO's own): silence the per-file bars of datasets and transformers."""
+    """One progress bar (PPO's own): silence the per-file bars of datasets and transformers,
+    and rouge-score's absl line for every scorer it builds."""
+    import logging
     import warnings
 
     import datasets
@@ -168,4 +170,5 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+    logging.getLogger("absl").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
