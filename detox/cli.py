@@ -60,17 +60,15 @@ def _record_failure(cfg: DictConfig, error: Exception) -> None:
     `failed` and why, even when it failed before the run wrote one (a config error)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from detox.results import Results, now
+    from detox.results import Results
 
     run_dir = HydraConfig.get().runtime.output_dir
     results = Results.reopen(run_dir)
     if results.data.get("status") != "failed":  # run_ppo records its own failures
-        fields = {"status": "failed", "error": f"{type(error).__name__}: {error}", "run_dir": run_dir,
-                  "overrides": list(HydraConfig.get().overrides.task),
-                  "finished_at": now()}
+        fields = {"run_dir": run_dir, "overrides": list(HydraConfig.get().overrides.task)}
         if "config" not in results.data:
             fields["config"] = _config_or_none(cfg)
-        results.update(**fields)
+        results.failed(error, **fields)
     log.error("job failed (recorded in %s); the sweep goes on", results.path)
 
 

@@ -26,9 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from detox.checkpoint import atomic_write_json
 from detox.eval_metrics import exact_sequence_kl
 from detox.judges import Judge
-from detox.ppo import response_mask
 from detox.report import per_example, report, write_report
-from detox.trainer import decode_responses, generation_config
+from detox.trainer import decode_responses, generate_batches, generation_config
 
 log = logging.getLogger(__name__)
 BASELINE_FILE = "baseline.json"
@@ -61,13 +60,9 @@ def sample_responses(cfg: DictConfig, policy, tokenizer, prompts: Sequence[str],
     out = []
     with forked_rng(device):
         torch.manual_seed(seed)
-        for i in range(0, len(prompts), cfg.eval.batch_size):
-            enc = tokenizer(list(prompts[i : i + cfg.eval.batch_size]), padding=True, truncation=True,
-                            max_length=cfg.data.max_input_tokens, return_tensors="pt").to(device)
-            seqs = policy.model.generate(**enc, generation_config=gen,
-                                         max_new_tokens=cfg.generation.max_new_tokens_max)
-            response_ids = seqs[:, 1:]
-            mask = response_mask(response_ids, policy.config.eos_token_id)
+        for enc, seqs, response_ids, mask in generate_batches(
+                policy.model, tokenizer, prompts, gen, cfg.eval.batch_size, cfg.data.max_input_tokens,
+                cfg.generation.max_new_tokens_max, device):
             logits, _ = policy(enc["input_ids"], enc["attention_mask"], seqs[:, :-1], with_values=False)
             ref_logits = policy.reference_logits(enc["input_ids"], enc["attention_mask"], seqs[:, :-1])
             kl = exact_sequence_kl(logits, ref_logits, mask)

@@ -233,9 +233,8 @@ def _finish(policy: Policy, policy_cfg: DictConfig) -> Policy:
     return policy
 
 
-def count_parameters(policy: Policy) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in policy.trainable_parameters())
-    total = sum(p.numel() for p in policy.model.parameters()) + sum(
-        p.numel() for p in policy.value_head.parameters()
-    )
-    return trainable, total
+def count_parameters(*modules: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters of `modules` (a policy: its model and value head, not the
+    frozen reference copy of full fine-tuning)."""
+    params = [p for m in modules for p in m.parameters()]
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -80,8 +80,8 @@ class Results:
     def done(self, **fields: Any) -> None:
         self.update(**fields, status="done", finished_at=now())
 
-    def failed(self, error: BaseException) -> None:
-        self.update(status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
+    def failed(self, error: BaseException, **fields: Any) -> None:
+        self.update(**fields, status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
 
     def write(self) -> None:
         atomic_write_json(self.path, self.data)

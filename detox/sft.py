@@ -41,11 +41,11 @@ from transformers import (DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainin
 from detox.checkpoint import CheckpointError, atomic_dir, atomic_write_text
 from detox.data import DataError, load_splits
 from detox.eval_metrics import ROUGE_KEYS, rouge
-from detox.policy import TRAIN_ADAPTER, load_adapter, build_policy, load_base_model, load_tokenizer
-from detox.ppo import response_mask
+from detox.policy import (TRAIN_ADAPTER, build_policy, count_parameters, load_adapter, load_base_model,
+                          load_tokenizer)
 from detox.results import Results, provenance
 from detox.schema import ConfigError
-from detox.trainer import decode_responses, generation_config
+from detox.trainer import decode_responses, generate_batches, generation_config
 
 log = logging.getLogger("detox")
 FINAL_DIR = "final"
@@ -103,13 +103,9 @@ def greedy_summaries(model, tokenizer, prompts: list[str], cfg: DictConfig, devi
     was_training = model.training
     model.eval()
     out = []
-    for i in range(0, len(prompts), cfg.sft.eval_batch_size):
-        enc = tokenizer(prompts[i : i + cfg.sft.eval_batch_size], padding=True, truncation=True,
-                        max_length=cfg.data.max_input_tokens, return_tensors="pt").to(device)
-        seqs = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                              generation_config=gen, max_new_tokens=cfg.sft.eval_max_new_tokens)
-        response_ids = seqs[:, 1:]
-        out += decode_responses(tokenizer, response_ids, response_mask(response_ids, model.config.eos_token_id))[0]
+    for _, _, response_ids, mask in generate_batches(model, tokenizer, prompts, gen, cfg.sft.eval_batch_size,
+                                                     cfg.data.max_input_tokens, cfg.sft.eval_max_new_tokens, device):
+        out += decode_responses(tokenizer, response_ids, mask)[0]
     model.train(was_training)
     return out
 
@@ -190,8 +186,10 @@ def last_trainer_checkpoint(trainer_dir: str) -> str | None:
 
 
 def training_arguments(cfg: DictConfig, trainer_dir: str, report_to: str) -> Seq2SeqTrainingArguments:
+    from detox.stages import resolve_device
+
     s = cfg.sft
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    cpu = resolve_device(cfg.device).type == "cpu"
     return Seq2SeqTrainingArguments(
         output_dir=trainer_dir,
         seed=cfg.seed,
@@ -273,8 +271,7 @@ def run_sft(cfg: DictConfig) -> float:
         prompts, references = list(test["prompt"]), list(test[cfg.data.summary_column])
         tokenizer = load_tokenizer(cfg.policy)
         model = load_artifact(cfg, artifact) if finished else build_model(cfg)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        trainable, total = count_parameters(model)
         log.info("sft: %s %s trainable of %s parameters (%.2f%%)", "LoRA" if cfg.lora.enabled else "full",
                  f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         results.update(provenance=provenance({"policy": {

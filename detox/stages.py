@@ -198,7 +198,7 @@ def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrai
 
     tokenizer = load_tokenizer(cfg.policy)
     policy = build_policy(cfg.policy, cfg.lora).to(device)
-    trainable, total = count_parameters(policy)
+    trainable, total = count_parameters(policy.model, policy.value_head)
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
     trainer = PPOTrainer(cfg, policy, tokenizer, reward, splits["train"], None, device, dist)
@@ -249,7 +249,7 @@ def _save(cfg: DictConfig, trainer: PPOTrainer, path: str) -> None:
         save_checkpoint(path, trainer.policy, trainer.optimizer, state)
 
 
-def _append_rollouts(run_dir: str, step: int, r, dist: Distributed | None = None) -> None:
+def _append_rollouts(run_dir: str, step: int, r, dist: Distributed) -> None:
     """Every sampled response with its score and KL, so a user can read what PPO rewarded
     (data-parallel: every process's, written by the main one, with the sampling `rank`)."""
     k1 = r.kl_per_seq.tolist()
@@ -257,7 +257,7 @@ def _append_rollouts(run_dir: str, step: int, r, dist: Distributed | None = None
     rows = [{"step": step, "id": r.ids[i], "response": r.responses[i], "score": float(r.scores[i]),
              "kl": k1[i], "length": lengths[i], **({} if r.rank is None else {"rank": r.rank})}
             for i in range(len(r.responses))]
-    if dist is not None and dist.enabled:
+    if dist.enabled:
         rows = [row for part in dist.gather_object(rows) for row in part]
         if not dist.is_main:
             return

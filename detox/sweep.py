@@ -290,9 +290,10 @@ def _stat(values: list[float | None]) -> tuple[float | None, float | None, int]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs)
 
 
-def aggregate(jobs: list[Job], judge: str | None = None, rouge_weight: float | None = None) -> list[Point]:
-    """Points sorted by the validation objective (best first; points without one last)."""
-    keys = varying_keys(jobs)
+def aggregate(jobs: list[Job], keys: list[str], judge: str | None = None,
+              rouge_weight: float | None = None) -> list[Point]:
+    """Points (one per setting of `keys`, the swept keys) sorted by the validation objective
+    (best first; points without one last)."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         groups.setdefault(tuple(job.pairs.get(k) for k in keys), []).append(job)
@@ -331,8 +332,8 @@ def _judges(jobs: list[Job], judge: str | None) -> str:
     return ", ".join(sorted(names)) or objective_config(Job("", "missing", []), judge)["judge"]
 
 
-def markdown(sweep_dir: str, jobs: list[Job], points: list[Point], split: str, judge: str | None,
-             rouge_weight: float | None, plot: str | None) -> str:
+def markdown(sweep_dir: str, jobs: list[Job], points: list[Point], keys: list[str], split: str,
+             judge: str | None, rouge_weight: float | None, plot: str | None) -> str:
     counts = {s: sum(j.status == s for j in jobs) for s in ("done", "running", "failed", "missing")}
     weights = {objective_config(j, judge, rouge_weight)["rouge_weight"] for j in jobs if j.status == "done"}
     lines = [
@@ -357,13 +358,13 @@ def markdown(sweep_dir: str, jobs: list[Job], points: list[Point], split: str, j
                      + " | ".join(cells) + " |")
     unfinished = [j for j in jobs if j.status != "done"]
     if unfinished:
-        keys = [*varying_keys(jobs), *SEED_KEYS]
+        shown = [*keys, *SEED_KEYS]
         lines += ["", "## Jobs not done", "", "| job dir | status | setting | error |", "| --- | --- | --- | --- |"]
         for j in unfinished:
             status = "not started / missing" if j.status == "missing" else j.status
             where = os.path.relpath(j.dir, sweep_dir) if j.dir else "(no job dir yet)"
             error = str(j.results.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| {where} | {status} | `{setting(j, keys) or ' '.join(j.overrides)}` | {error} |")
+            lines.append(f"| {where} | {status} | `{setting(j, shown) or ' '.join(j.overrides)}` | {error} |")
     if plot:
         lines += ["", f"![toxicity reduction vs ROUGE-L change]({os.path.basename(plot)})"]
     return "\n".join(lines) + "\n"
@@ -461,18 +462,18 @@ def summarize(sweep_dir: str, out_dir: str | None = None, split: str = "val", ju
     if split not in ("val", "test"):
         raise SweepError(f"split={split!r}: use val (what sweeps optimise) or test.")
     jobs = find_jobs(sweep_dir)
-    points = aggregate(jobs, judge, rouge_weight)
+    keys = varying_keys(jobs)
+    points = aggregate(jobs, keys, judge, rouge_weight)
     for p, on in zip(points, pareto_front([p.mean(f"rouge_{split}") for p in points],
                                           [p.mean(f"tox_{split}") for p in points])):
         p.pareto = on
-    keys = varying_keys(jobs)
     out_dir = out_dir or sweep_dir
     os.makedirs(out_dir, exist_ok=True)
     paths = {"md": os.path.join(out_dir, "summary.md"), "csv": os.path.join(out_dir, "summary.csv")}
     title = f"{group_name(os.path.abspath(sweep_dir))}: {len(points)} settings, {len(jobs)} jobs"
     paths["png"] = plot_pareto(os.path.join(out_dir, "pareto.png"), points, keys, split,
                                _judges(jobs, judge), title)
-    text = markdown(sweep_dir, jobs, points, split, judge, rouge_weight, paths["png"])
+    text = markdown(sweep_dir, jobs, points, keys, split, judge, rouge_weight, paths["png"])
     with open(paths["md"], "w") as f:
         f.write(text)
     write_csv(paths["csv"], points, keys)

@@ -12,6 +12,7 @@ import base64
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,21 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) 
     texts = tokenizer.batch_decode([r[:n] for r, n in zip(response_ids.tolist(), lengths)],
                                    skip_special_tokens=True)
     return texts, lengths
+
+
+def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, batch_size: int,
+                     max_input_tokens: int, max_new_tokens: int, device: torch.device):
+    """`model.generate` over `prompts` in batches of `batch_size` (evaluation, SFT's ROUGE).
+
+    Yields per batch: enc (the tokenized prompts), seqs [B, 1 + T] (the decoder start token
+    first), response_ids = seqs[:, 1:] [B, T], and their mask [B, T] (1 up to and including
+    the first EOS)."""
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True,
+                        max_length=max_input_tokens, return_tensors="pt").to(device)
+        seqs = model.generate(**enc, generation_config=gen, max_new_tokens=max_new_tokens)
+        response_ids = seqs[:, 1:]
+        yield enc, seqs, response_ids, ppo.response_mask(response_ids, model.config.eos_token_id)
 
 
 def generation_config(gen: DictConfig, model_config) -> GenerationConfig:
@@ -232,8 +248,8 @@ class PPOTrainer:
         self.timings["perf/forward_s"] = time.perf_counter() - t0
         if self.id_column:
             ids = list(rows[self.id_column])
-        else:  # row numbers of the whole train split
-            ids = [self.dist.rank + self.dist.world_size * i for i in indices] if self.dist.enabled else list(indices)
+        else:  # row numbers of the whole train split (a shard holds rows rank, rank + n, ...)
+            ids = [self.dist.rank + self.dist.world_size * i for i in indices]
         return Rollout(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
             decoder_input_ids=decoder_input_ids, response_ids=response_ids, mask=mask,

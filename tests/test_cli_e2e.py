@@ -1,16 +1,14 @@
 """The real CLI, in a subprocess, on the shipped quickstart with fewer steps (run once, shared)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from detox_cli import run_detox
 from wandb_offline import read_run
 
 from detox.schema import asset_path
@@ -25,17 +23,11 @@ METRICS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_co
            "perf/samples_per_s"]
 
 
-def run_cli(args, cwd, env=None):
-    full_env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "detox", *args], cwd=cwd, capture_output=True, text=True,
-                          env=full_env, timeout=900)
-
-
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     run_dir = root / "run"
-    out = run_cli(["experiment=quickstart", *E2E_OVERRIDES, f"hydra.run.dir={run_dir}", "logger.group=e2e"],
+    out = run_detox(["experiment=quickstart", *E2E_OVERRIDES, f"hydra.run.dir={run_dir}", "logger.group=e2e"],
                   cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir, out
@@ -104,7 +96,7 @@ def test_wandb_offline_run_holds_the_curves(quickstart_run):
 
 def test_export_merges_the_adapter(quickstart_run, tmp_path):
     run_dir, _ = quickstart_run
-    out = run_cli(["stage=export", f"run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'export-job'}"], cwd=tmp_path)
+    out = run_detox(["stage=export", f"run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'export-job'}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     merged = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "export").eval()
     peft = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(asset_path("tiny-t5")),
@@ -119,7 +111,7 @@ def test_export_merges_the_adapter(quickstart_run, tmp_path):
 def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl"))
-    out = run_cli(["stage=eval", f"run_dir={run_dir}", "eval.num_samples=40", "eval.judges=[profanity]",
+    out = run_detox(["stage=eval", f"run_dir={run_dir}", "eval.num_samples=40", "eval.judges=[profanity]",
                    "logger=none", f"hydra.run.dir={tmp_path / 'eval-job'}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in open(run_dir / "eval" / "samples.jsonl")]
@@ -136,18 +128,18 @@ def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
 
 
 def test_stage_eval_errors_name_the_problem(quickstart_run, tmp_path):
-    out = run_cli(["stage=eval", f"run_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'j1'}"], cwd=tmp_path)
+    out = run_detox(["stage=eval", f"run_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'j1'}"], cwd=tmp_path)
     assert out.returncode == 2 and "does not exist" in out.stdout + out.stderr and "Traceback" not in out.stderr
-    out = run_cli(["stage=eval", f"run_dir={quickstart_run[0]}", "eval.judges=[no-such-judge]",
+    out = run_detox(["stage=eval", f"run_dir={quickstart_run[0]}", "eval.judges=[no-such-judge]",
                    f"hydra.run.dir={tmp_path / 'j2'}"], cwd=tmp_path)
     assert out.returncode == 2 and "eval.judges='no-such-judge'" in out.stdout + out.stderr
     assert "built-in judges: reward, profanity" in out.stdout + out.stderr
 
 
 def test_user_errors_exit_cleanly_with_the_fix(tmp_path):
-    out = run_cli(["experiment=quickstart", "reward.label=toxic", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    out = run_detox(["experiment=quickstart", "reward.label=toxic", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
     assert out.returncode == 2
     assert "reward.label='toxic'" in out.stdout + out.stderr and "Traceback" not in out.stderr
-    out = run_cli(["experiment=quickstart", "policy.name_or_path=nobody/nothing", f"hydra.run.dir={tmp_path / 'p'}"],
+    out = run_detox(["experiment=quickstart", "policy.name_or_path=nobody/nothing", f"hydra.run.dir={tmp_path / 'p'}"],
                   cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2 and "experiment=quickstart" in out.stdout + out.stderr

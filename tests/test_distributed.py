@@ -14,6 +14,8 @@ import sys
 import pytest
 import torch
 
+from detox_cli import run_detox
+
 from detox import ppo
 from detox.distributed import Distributed, use_main_run_dir, weights_checksum
 
@@ -259,10 +261,9 @@ if __name__ == "__main__":
 
 
 def test_multirun_under_a_data_parallel_launcher_is_refused(tiny, tmp_path):
-    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}  # what the launcher sets
-    proc = subprocess.run([sys.executable, "-m", "detox", "-m", "experiment=quickstart", "logger=none",
-                           f"data.name_or_path={tiny['data']}", "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_detox(["-m", "experiment=quickstart", "logger=none", f"data.name_or_path={tiny['data']}", "seed=1,2",
+                      f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, threads=1,
+                     env={"WORLD_SIZE": "2"}, timeout=120)  # WORLD_SIZE: what the launcher sets
     assert proc.returncode == 2
     assert "multirun" in proc.stderr + proc.stdout and "accelerate launch" in proc.stderr + proc.stdout
     assert not list((tmp_path / "sweep").rglob("results.json"))  # refused before any job ran

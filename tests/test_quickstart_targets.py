@@ -8,7 +8,7 @@ bundled `heated` flag) or its training metrics, exactly as the README states the
 import json
 
 import pytest
-from test_cli_e2e import run_cli
+from detox_cli import run_detox
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda seed: f"seed{seed}")
 def quickstart(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"quickstart-seed{request.param}")
-    out = run_cli(["experiment=quickstart", f"seed={request.param}", "logger=none",
+    out = run_detox(["experiment=quickstart", f"seed={request.param}", "logger=none",
                    f"hydra.run.dir={root / 'run'}"], cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     run = root / "run"

@@ -3,13 +3,12 @@
 import json
 import os
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_cfg
+from detox_cli import run_detox
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
 from detox.checkpoint import CheckpointError
@@ -198,11 +197,9 @@ def test_sft_config_errors(tiny):
 
 def test_cli_sft_then_printed_ppo_command_composes(tiny, tmp_path):
     run_dir = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "detox", "stage=sft", "experiment=sft_tiny", "logger=none",
-           f"policy.name_or_path={tiny['policy']}", f"data.name_or_path={tiny['data']}", "lora.enabled=true",
-           "sft.max_steps=3", "sft.eval_samples=2", "sft.eval_max_new_tokens=4", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    proc = run_detox(["stage=sft", "experiment=sft_tiny", "logger=none", f"policy.name_or_path={tiny['policy']}",
+                      f"data.name_or_path={tiny['data']}", "lora.enabled=true", "sft.max_steps=3", "sft.eval_samples=2",
+                      "sft.eval_max_new_tokens=4", f"hydra.run.dir={run_dir}"], REPO, threads=1, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = results(run_dir)
     assert r["status"] == "done" and r["train"]["steps"] == 3 and r["eval"]["eval/num_samples"] == 2

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+from detox_cli import run_detox
 from wandb_offline import read_run, records
 
 from detox.schema import ObjectiveConfig
@@ -22,12 +23,6 @@ from detox.sweep import group_name, main as summary_main, objective, pareto_fron
 
 TINY_EVAL = ["eval.num_samples=6", "eval.val_samples=4", "eval.judges=[profanity]", "eval.every_n_steps=0",
              "eval.batch_size=8"]
-
-
-def run_detox(args, cwd, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "detox", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 def load(path):
@@ -129,7 +124,7 @@ def test_multirun_2x2_through_the_cli(tiny_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     args = [o for o in tiny_overrides if o != "logger=none"]  # W&B, offline (tests/conftest.py)
     out = run_detox(["-m", *args, *TINY_EVAL, "lora.r=4,8", "ppo.kl.init_coef=0.01,0.1", "lora.alpha=${lora.r}",
-                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path, threads=1, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
 
     # 4 job dirs, each with its results.json
@@ -187,7 +182,8 @@ def test_a_failing_job_does_not_stop_the_sweep(launcher, tiny_overrides, tmp_pat
     sweep = tmp_path / "sweep"
     # job 0 fails at its config check (batch 8 is not divisible by mini-batch 3); job 1 must still run
     out = run_detox(["-m", *tiny_overrides, "eval.enabled=false", "ppo.mini_batch_size=3,4",
-                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, threads=1,
+                    timeout=600)
     assert out.returncode == 1, out.stderr[-3000:]  # the sweep ends non-zero, after every job ran
     assert "ppo.mini_batch_size=3" in out.stderr
     failed, done = load(sweep / "0" / "results.json"), load(sweep / "1" / "results.json")
