@@ -1,6 +1,8 @@
-"""Checkpoints and result files, written atomically so no crash leaves a half-written one.
+"""The checkpoint format: save one, find the newest, load one back, and the fingerprint of
+the settings a checkpoint must agree on with the config that resumes it.
 
-Layout of a checkpoint dir (`checkpoints/step-<N>/` and `final/`):
+Layout of a checkpoint dir (`checkpoints/step-<N>/` and `final/`), written to a temporary
+dir and renamed into place:
   adapter/                  peft `save_pretrained` of the trained adapter (or the full model)
   value_head.safetensors    the value head
   trainable.safetensors     every trainable tensor (adapter + value head), for exact resume
@@ -10,66 +12,43 @@ Layout of a checkpoint dir (`checkpoints/step-<N>/` and `final/`):
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import json
 import os
 import random
 import re
-import shutil
-import tempfile
-from typing import Any, Iterator
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
+
+from detox.atomic import atomic_dir, atomic_write_json
+from detox.errors import CheckpointError
+from detox.run_dir import CHECKPOINTS_DIR, FINAL_DIR
 
 STATE_FILE = "trainer_state.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used with this run's config."""
+def fingerprint(cfg: DictConfig) -> dict:
+    """What a checkpoint must agree on with the config that resumes it."""
+    lora = OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True)
+    return {"policy": cfg.policy.name_or_path, "adapter": cfg.policy.adapter,
+            "reference": cfg.policy.reference.value, "lora": json.dumps(lora, sort_keys=True)}
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+def fingerprint_diffs(saved: dict, current: dict) -> dict[str, tuple]:
+    """{key: (checkpoint's, config's)} for every fingerprint entry that differs."""
+    return {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+def encode_rng(state: torch.Tensor) -> str:
+    """A torch RNG state (uint8 tensor) as text, for trainer_state.json."""
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode()
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str) -> Iterator[str]:
-    """Yield a temp dir beside `path`; on success it replaces `path` in one rename."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(path)}-")
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix=f".old-{os.path.basename(path)}-")
-            os.replace(path, os.path.join(old, "x"))
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def decode_rng(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 def rng_state() -> dict:
@@ -102,10 +81,10 @@ def save_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, state: 
 def latest_checkpoint(run_dir: str) -> str | None:
     """The newest complete `checkpoints/step-<N>` (or `final`) of a run dir, if any."""
     candidates = []
-    final = os.path.join(run_dir, "final")
+    final = os.path.join(run_dir, FINAL_DIR)
     if os.path.exists(os.path.join(final, STATE_FILE)):
         candidates.append((read_state(final)["step"], 1, final))
-    ckpt_root = os.path.join(run_dir, "checkpoints")
+    ckpt_root = os.path.join(run_dir, CHECKPOINTS_DIR)
     if os.path.isdir(ckpt_root):
         for name in os.listdir(ckpt_root):
             m = re.fullmatch(r"step-(\d+)", name)
@@ -139,8 +118,7 @@ def load_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, fingerp
     Raises CheckpointError when the checkpoint was made with a different model/adapter setup.
     """
     state = read_state(path)
-    saved = state.get("fingerprint", {})
-    diffs = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+    diffs = fingerprint_diffs(state.get("fingerprint", {}), fingerprint)
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
         raise CheckpointError(

@@ -6,10 +6,15 @@ import logging
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from detox.schema import ConfigError, register
-from detox.tracking import quiet_libraries
+from detox.distributed import launched_world_size
+from detox.errors import DetoxError
+from detox.results import Results
+from detox.runs import quiet_libraries
+from detox.schema import register
 
 register()
 quiet_libraries()
@@ -18,10 +23,8 @@ log = logging.getLogger("detox")
 
 @hydra.main(version_base="1.3", config_path="pkg://detox.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from detox.checkpoint import CheckpointError
-    from detox.data import DataError
-    from detox.hub import LoadError
-    from detox.distributed import launched_world_size
+    # Imported here, not above: `detox --help` and `--cfg job` then answer without loading the
+    # model libraries the stages need.
     from detox.stages import run_stage
 
     if launched_world_size() > 1 and _in_multirun():
@@ -32,7 +35,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     try:
         return run_stage(cfg)
-    except (ConfigError, DataError, LoadError, CheckpointError) as e:
+    except DetoxError as e:
         # A user error: say what is wrong and how to fix it, without a traceback.
         log.error("%s: %s", type(e).__name__, e)
         if not _in_multirun():
@@ -47,9 +50,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -58,13 +58,9 @@ def _record_failure(cfg: DictConfig, error: Exception) -> None:
     launchers then record it as failed and run the other jobs, the basic sweeper exits non-zero
     once they are done, and the optuna preset counts a failed trial. Its results.json says
     `failed` and why, even when it failed before the run wrote one (a config error)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from detox.results import Results
-
     run_dir = HydraConfig.get().runtime.output_dir
     results = Results.reopen(run_dir)
-    if results.data.get("status") != "failed":  # run_ppo records its own failures
+    if results.data.get("status") != "failed":  # the stages record their own failures
         fields = {"run_dir": run_dir, "overrides": list(HydraConfig.get().overrides.task)}
         if "config" not in results.data:
             fields["config"] = _config_or_none(cfg)
@@ -73,8 +69,6 @@ def _record_failure(cfg: DictConfig, error: Exception) -> None:
 
 
 def _config_or_none(cfg: DictConfig) -> dict | None:
-    from omegaconf import OmegaConf
-
     try:
         return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except Exception:  # the config itself may be what failed

@@ -1,4 +1,6 @@
-"""Dialogues: load (hub name or local file), filter, split, prompt, and batch prompts."""
+"""Dialogues: load (hub name or local file), filter, split, prompt, and batch prompts.
+
+Filter, split and length caps follow the recipe (docs/design.md, section 1)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,10 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from omegaconf import DictConfig
 
+from detox.errors import DataError
 from detox.hub import friendly_load_error
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """The dataset cannot be used as configured; the message says what to change."""
 
 
 def load_raw(cfg: DictConfig) -> Dataset:

@@ -27,7 +27,16 @@ from typing import Any
 
 import torch
 
+from detox.atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The `device` setting: `auto` is CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def launched_world_size() -> int:
@@ -186,8 +195,6 @@ class Distributed:
             return
         ranks = self.gather_object(own())
         if self.is_main:
-            from detox.checkpoint import atomic_write_json
-
             atomic_write_json(path, {"world_size": self.world_size, "backend": torch.distributed.get_backend(),
                                      **fields, "ranks": ranks})
 

@@ -1,4 +1,4 @@
-"""Pure functions the evaluation report is computed from (issue 3 builds the stage on them).
+"""Pure functions the evaluation report is computed from.
 
 Everything takes plain arrays/strings so that a report can be recomputed from
 `eval/samples.jsonl` alone.

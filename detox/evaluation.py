@@ -23,11 +23,13 @@ import torch
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 
-from detox.checkpoint import atomic_write_json
+from detox.atomic import atomic_write_json
+from detox.errors import DataError
 from detox.eval_metrics import exact_sequence_kl
-from detox.judges import Judge
-from detox.report import per_example, report, write_report
-from detox.trainer import decode_responses, generate_batches, generation_config
+from detox.generation import decode_responses, generate_batches, generation_config
+from detox.judges import Judge, score_responses
+from detox.report import per_example, report
+from detox.report_files import write_report
 
 log = logging.getLogger(__name__)
 BASELINE_FILE = "baseline.json"
@@ -35,8 +37,6 @@ BASELINE_FILE = "baseline.json"
 
 def eval_rows(test: Dataset, num_samples: int, what: str = "the test split", key: str = "eval.num_samples") -> Dataset:
     if len(test) == 0:
-        from detox.data import DataError
-
         raise DataError(f"{what} is empty: nothing to evaluate; raise data.test_size / data.val_size.")
     if num_samples > len(test):
         log.warning("%s=%d is larger than %s (%d rows): using all %d.", key, num_samples, what, len(test), len(test))
@@ -54,9 +54,7 @@ def forked_rng(device: torch.device):
 def sample_responses(cfg: DictConfig, policy, tokenizer, prompts: Sequence[str], seed: int,
                      device: torch.device) -> list[dict]:
     """Responses with their length (tokens, EOS included) and exact KL to the reference."""
-    gen = generation_config(cfg.generation, policy.config)
-    if cfg.eval.decoding == "greedy":
-        gen.do_sample, gen.top_k, gen.top_p = False, None, None
+    gen = generation_config(cfg.generation, policy.config, greedy=cfg.eval.decoding == "greedy")
     out = []
     with forked_rng(device):
         torch.manual_seed(seed)
@@ -69,18 +67,6 @@ def sample_responses(cfg: DictConfig, policy, tokenizer, prompts: Sequence[str],
             texts, lengths = decode_responses(tokenizer, response_ids, mask)
             out += [{"response": t, "length": n, "kl": float(k)} for t, n, k in zip(texts, lengths, kl.tolist())]
     return out
-
-
-def score_variant(rows: list[dict], judges: Sequence[Judge], prompts: Sequence[str]) -> None:
-    texts = [r["response"] for r in rows]
-    for judge in judges:
-        for r, p in zip(rows, judge.toxicity(texts)):
-            r.setdefault("toxicity", {})[judge.name] = float(p)
-    recipe = next((j for j in judges if j.name == "reward"), None)
-    if recipe is not None:  # the recipe's own measure: the reward classifier on prompt + summary
-        joined = [p + t for p, t in zip(prompts, texts)]
-        for r, p in zip(rows, recipe.toxicity(joined)):
-            r["toxicity"]["reward_on_prompt"] = float(p)
 
 
 def build_samples(data_cfg: DictConfig, eval_cfg: DictConfig, rows: Dataset, variants: dict[str, list[dict]]) -> list[dict]:
@@ -112,7 +98,7 @@ class Evaluator:
     def sample(self, rows: Dataset, seed: int) -> list[dict]:
         prompts = list(rows["prompt"])
         out = sample_responses(self.cfg, self.policy, self.tokenizer, prompts, seed, self.device)
-        score_variant(out, self.judges, prompts)
+        score_responses(out, self.judges, prompts)
         return out
 
     # ------------------------------------------------------------------ the starting policy

@@ -6,9 +6,7 @@ import contextlib
 import os
 from typing import Iterator
 
-
-class LoadError(RuntimeError):
-    """A model, adapter or dataset named in the config could not be loaded."""
+from detox.errors import LoadError
 
 
 @contextlib.contextmanager

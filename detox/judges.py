@@ -16,12 +16,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
 
-from detox.hub import LoadError, friendly_load_error
-from detox.reward import HFReward, ProfanityReward, resolve_label
-from detox.schema import ConfigError
+from detox.errors import ConfigError, LoadError
+from detox.hub import friendly_load_error
+from detox.reward import HFReward, ProfanityReward, build_reward, resolve_label
 
 TOXIC_NAMES = ("toxic", "toxicity", "hate", "offensive", "LABEL_1")
+REWARD_JUDGE = "reward"  # the reward classifier itself
+PROFANITY_JUDGE = "profanity"
+REWARD_ON_PROMPT = "reward_on_prompt"  # the recipe's measure: the reward classifier on prompt + summary
+REWARD_JUDGES = (REWARD_JUDGE, REWARD_ON_PROMPT)  # scores by the model PPO optimised against
 
 
 class Judge:
@@ -54,27 +59,22 @@ def build_judges(names: Sequence[str], reward_cfg: DictConfig, device: torch.dev
     """Judges by name; `reward` reuses an already loaded reward model."""
     judges = []
     for entry in names:
-        if entry == "reward":
-            model = reward
-            if model is None:
-                from detox.reward import build_reward
-
-                model = build_reward(reward_cfg, device)
-            judges.append(Judge("reward", model, toxic_index(model.id2label, reward_cfg.label, None, "the reward model")))
-        elif entry == "profanity":
+        if entry == REWARD_JUDGE:
+            model = reward if reward is not None else build_reward(reward_cfg, device)
+            judges.append(Judge(REWARD_JUDGE, model, toxic_index(model.id2label, reward_cfg.label, None,
+                                                                 "the reward model")))
+        elif entry == PROFANITY_JUDGE:
             cfg = OmegaConf.create({"label": "clean", "kind": "prob", "input": "response"})
-            judges.append(Judge("profanity", ProfanityReward(cfg), 1))
+            judges.append(Judge(PROFANITY_JUDGE, ProfanityReward(cfg), 1))
         else:
             path, _, label = entry.partition(":") if ":" in entry.split("/")[-1] else (entry, "", "")
             cfg = OmegaConf.merge(reward_cfg, {"backend": "hf", "name_or_path": path, "input": "response",
                                                "kind": "prob", "revision": None})
-            from transformers import AutoConfig
-
             try:
                 with friendly_load_error("eval.judges", path):
                     id2label = AutoConfig.from_pretrained(path).id2label
             except LoadError as e:
-                raise LoadError(f"{e}\nThe built-in judges: reward, profanity; any other entry is an HF "
+                raise LoadError(f"{e}\nThe built-in judges: {REWARD_JUDGE}, {PROFANITY_JUDGE}; any other entry is an HF "
                                 "classifier's hub id or folder, optionally `:<toxic label>`.") from e
             index = toxic_index(id2label, reward_cfg.label, label or None, path)
             cfg.label = id2label[index] if index in id2label else id2label[str(index)]
@@ -83,3 +83,17 @@ def build_judges(names: Sequence[str], reward_cfg: DictConfig, device: torch.dev
     if len(set(names_seen)) != len(names_seen):
         raise ConfigError(f"eval.judges has two judges named alike: {names_seen}")
     return judges
+
+
+def score_responses(rows: list[dict], judges: Sequence[Judge], prompts: Sequence[str]) -> None:
+    """Add every judge's P(toxic) of each row's `response` to its `toxicity` (in place), and
+    the reward judge's on prompt + response as `reward_on_prompt` (the recipe's measure)."""
+    texts = [r["response"] for r in rows]
+    for judge in judges:
+        for r, p in zip(rows, judge.toxicity(texts)):
+            r.setdefault("toxicity", {})[judge.name] = float(p)
+    reward = next((j for j in judges if j.name == REWARD_JUDGE), None)
+    if reward is not None:
+        joined = [p + t for p, t in zip(prompts, texts)]
+        for r, p in zip(rows, reward.toxicity(joined)):
+            r["toxicity"][REWARD_ON_PROMPT] = float(p)

@@ -1,6 +1,6 @@
 """The policy: a seq2seq LM (+ LoRA) with a value head, and its frozen reference.
 
-Adapters (DESIGN.md section 2). A PPO run starts from `policy.adapter` (if any) and trains a
+Adapters (docs/design.md, "Conventions"). A PPO run starts from `policy.adapter` (if any) and trains a
 FRESH adapter of rank `lora.r` on top, so the reference (the policy at step 0) costs no second
 copy of the weights:
 
@@ -27,8 +27,8 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from detox.hub import LoadError, friendly_load_error
-from detox.schema import ConfigError
+from detox.errors import ConfigError, LoadError
+from detox.hub import friendly_load_error
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRAIN_ADAPTER = "default"

@@ -1,7 +1,16 @@
 """PPO core for encoder-decoder policies, as small pure tensor functions.
 
 Nothing here knows about models or configs; everything is checked against hand-computed
-cases in ``tests/test_ppo.py``. See DESIGN.md section 2 for the algorithm.
+cases in ``tests/test_ppo.py``. The algorithm and its conventions (response mask, log-prob
+alignment, KL units, the reference) are written down in ``docs/design.md``.
+
+Estimators are registries: a KL estimator is one function decorated with
+``@register_kl_estimator(name)``, an advantage estimator one decorated with
+``@register_advantage(name, uses_values=...)``. The config's choices (``ppo.kl.estimator``,
+``ppo.advantage``) are derived from them, so a new estimator is one function and one test.
+
+This module is longer than the others on purpose: it is the whole algorithm in one place,
+in the order one PPO step uses it, as veRL's ``core_algos.py`` is.
 
 Conventions (shapes):
     B  number of responses in the batch
@@ -18,27 +27,26 @@ the outputs nor into the gradients (a plain ``x * mask`` would turn a NaN into N
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
-
-# Both verified against the installed TRL 1.16 source (trl/trainer/utils.py):
-# - selective_log_softmax(logits, index, temperature=1.0, row_mask=None) == log_softmax+gather,
-#   keeps the logits' dtype (so we upcast first) and uses a fused Triton kernel on CUDA;
-# - entropy_from_logits(logits, chunk_size=128) -> logits.shape[:-1], chunked over rows.
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
     "KL_ESTIMATORS",
+    "register_kl_estimator",
     "kl_penalty",
     "FixedKLController",
     "AdaptiveKLController",
     "make_kl_controller",
     "kl_penalized_rewards",
     "compute_gae",
+    "ADVANTAGE_ESTIMATORS",
+    "register_advantage",
+    "compute_advantages",
     "policy_loss",
     "value_loss",
     "explained_variance",
@@ -151,7 +159,50 @@ def masked_whiten(
 # KL estimate and controllers
 # ---------------------------------------------------------------------------------------
 
-KL_ESTIMATORS = ("k1", "k3", "abs", "mse")
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+
+def register_kl_estimator(name: str):
+    """Register ``fn(log_ratio [B, T]) -> [B, T]``, a per-token estimate of KL(policy || ref)
+    from d = logp - ref of tokens sampled from the policy, under ``name``."""
+
+    def register(fn):
+        if name in KL_ESTIMATORS:
+            raise ValueError(f"KL estimator {name!r} is registered twice")
+        KL_ESTIMATORS[name] = fn
+        return fn
+
+    return register
+
+
+@register_kl_estimator("k1")
+def kl_k1(log_ratio: torch.Tensor) -> torch.Tensor:
+    """d. Unbiased for the KL (E_pi[d] = KL) and, used as a detached per-token reward
+    (r_t = -beta * d_t), its policy gradient is the gradient of the reverse KL. Can be
+    negative per token (and per batch, by noise or sampling settings such as min_length).
+    The default."""
+    return log_ratio
+
+
+@register_kl_estimator("k3")
+def kl_k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """(exp(-d) - 1) + d. Also unbiased in VALUE, lower variance, and nonnegative per token;
+    but used as a detached reward its policy gradient is grad KL(pi||ref) - grad KL(ref||pi),
+    not the reverse-KL gradient (biased)."""
+    neg = -log_ratio  # (e^r - 1) - r with r = ref - logp; expm1 keeps precision when r is tiny
+    return torch.expm1(neg) - neg
+
+
+@register_kl_estimator("abs")
+def kl_abs(log_ratio: torch.Tensor) -> torch.Tensor:
+    """|d|. Biased (overestimates), nonnegative."""
+    return log_ratio.abs()
+
+
+@register_kl_estimator("mse")
+def kl_mse(log_ratio: torch.Tensor) -> torch.Tensor:
+    """0.5 * d^2. Biased (second-order approximation), nonnegative."""
+    return 0.5 * log_ratio.square()
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
@@ -160,16 +211,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     Args:
         logprobs: [B, T] log pi(y_t | ...) of the sampled tokens under the policy.
         ref_logprobs: [B, T] the same tokens under the reference model.
-        estimator: one of ``KL_ESTIMATORS`` (d = logp - ref):
-            - "k1":  d. Unbiased for the KL (E_pi[d] = KL) and, used as a detached
-              per-token reward (r_t = -beta * d_t), its policy gradient is the gradient of
-              the reverse KL. Can be negative per token (and per batch, by noise or
-              sampling settings such as min_length). The default.
-            - "k3":  (exp(-d) - 1) + d. Also unbiased in VALUE, lower variance, and
-              nonnegative per token; but used as a detached reward its policy gradient is
-              grad KL(pi||ref) - grad KL(ref||pi), not the reverse-KL gradient (biased).
-            - "abs": |d|. Biased (overestimates), nonnegative.
-            - "mse": 0.5 * d^2. Biased (second-order approximation), nonnegative.
+        estimator: a name in ``KL_ESTIMATORS`` (k1, the default; k3, abs, mse: see each).
 
     Returns:
         [B, T] per-token estimates. Padded positions are NOT masked here (callers mask).
@@ -179,16 +221,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "abs":
-        return log_ratio.abs()
-    if estimator == "mse":
-        return 0.5 * log_ratio.square()
-    # k3 with r = ref - logp: (e^r - 1) - r; expm1 keeps precision when r is tiny.
-    neg = -log_ratio
-    return torch.expm1(neg) - neg
+    return KL_ESTIMATORS[estimator](logprobs - ref_logprobs)
 
 
 class FixedKLController:
@@ -345,6 +378,45 @@ def compute_gae(
     return advantages, returns
 
 
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """fn(rewards [B, T], mask [B, T], *, values [B, T] | None, gamma, lam) ->
+    (advantages [B, T], returns [B, T]); uses_values: it needs a value head (a critic)."""
+
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    uses_values: bool
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+
+
+def register_advantage(name: str, *, uses_values: bool):
+    """Register an advantage estimator (see `AdvantageEstimator` for its signature)."""
+
+    def register(fn):
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is registered twice")
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_values)
+        return fn
+
+    return register
+
+
+@register_advantage("gae", uses_values=True)
+def gae_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor, gamma: float,
+                   lam: float, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's: GAE over the per-token rewards with the value head's baseline (`compute_gae`)."""
+    return compute_gae(rewards, values, mask, gamma, lam)
+
+
+def compute_advantages(estimator: str, rewards: torch.Tensor, mask: torch.Tensor, **inputs) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """(advantages, returns) [B, T] by the registered `estimator` (not yet whitened)."""
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[estimator].fn(rewards, mask, **inputs)
+
+
 # ---------------------------------------------------------------------------------------
 # Losses and diagnostics
 # ---------------------------------------------------------------------------------------
@@ -375,8 +447,9 @@ def policy_loss(
         stats (detached 0-dim tensors):
             "clipfrac": fraction of masked tokens on which the clipped branch is active
                 (strictly larger), i.e. whose gradient is zeroed by the clip.
-            "approxkl": 0.5 * mean((logp - old)^2), the old TRL / CleanRL "approx_kl"
-                (second-order estimate of KL(old || new); used for early stopping).
+            "approxkl": 0.5 * mean((logp - old)^2), old TRL's "approxkl" (the k2
+                estimator, second-order in the log-ratio; used for early stopping). CleanRL's
+                "approx_kl" is a different estimator, k3: mean((ratio - 1) - log ratio).
     """
     m = _bool_mask(mask)
     log_ratio = _zero_pad(logprobs - old_logprobs, m)
@@ -492,6 +565,12 @@ def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
+# TRL's helpers (checked against TRL 1.16, trl/trainer/utils.py): selective_log_softmax ==
+# log_softmax + gather, keeps the logits' dtype (so we upcast first), fused Triton kernel on
+# CUDA; entropy_from_logits is chunked over rows. Imported on first use: importing trl takes
+# seconds, and the config schema imports this module for the estimator names.
+
+
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token log-probs log softmax(logits)[labels], computed in (at least) fp32.
 
@@ -506,6 +585,8 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     Returns:
         [B, T] log-probs, fp32 (fp64 for fp64 logits). Padded positions are not masked.
     """
+    from trl.trainer.utils import selective_log_softmax
+
     return selective_log_softmax(_at_least_fp32(logits), labels)
 
 
@@ -515,4 +596,6 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     Thin wrapper over TRL's chunked `entropy_from_logits`; call it under ``no_grad`` when it
     is only logged. Padded positions are not masked (use `masked_mean`).
     """
+    from trl.trainer.utils import entropy_from_logits
+
     return entropy_from_logits(_at_least_fp32(logits))

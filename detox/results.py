@@ -10,9 +10,11 @@ import time
 from importlib import metadata
 from typing import Any
 
-from detox.checkpoint import atomic_write_json
+from omegaconf import DictConfig
 
-RESULTS_FILE = "results.json"
+from detox.atomic import atomic_write_json
+from detox.run_dir import RESULTS_FILE
+
 PACKAGES = ("detox", "torch", "transformers", "peft", "trl", "datasets", "hydra-core", "wandb",
             "alt-profanity-check", "rouge-score")
 
@@ -50,11 +52,28 @@ def provenance(models: dict[str, Any]) -> dict[str, Any]:
             "host": platform.node(), "models": models}
 
 
+def model_provenance(cfg: DictConfig, policy_model_config, reward=None) -> dict:
+    """Names and hub revisions of the policy (and the reward model, when given) a run used."""
+    def revision(model_config):
+        return getattr(model_config, "_commit_hash", None)
+
+    models = {"policy": {"name_or_path": cfg.policy.name_or_path, "revision": cfg.policy.revision,
+                         "commit": revision(policy_model_config), "adapter": cfg.policy.adapter}}
+    if reward is not None:
+        reward_model = getattr(reward, "model", None)  # alt-profanity-check has none
+        models["reward"] = {"backend": cfg.reward.backend.value, "name_or_path": cfg.reward.name_or_path,
+                            "label": cfg.reward.label,
+                            "commit": revision(reward_model.config) if reward_model is not None else None}
+    return models
+
+
 class Results:
-    """Incrementally updated results.json (written atomically on every update)."""
+    """Incrementally updated results.json (written atomically on every update). `path=None`
+    (`Results.muted()`): keeps the fields and writes nothing, for the processes of a
+    data-parallel run that are not the main one."""
 
     def __init__(self, run_dir: str, overrides: list[str], config: dict):
-        self.path = os.path.join(run_dir, RESULTS_FILE)
+        self.path: str | None = os.path.join(run_dir, RESULTS_FILE)
         self.data: dict[str, Any] = {
             "status": "running", "overrides": overrides, "run_dir": os.path.abspath(run_dir),
             "started_at": now(), "config": config,
@@ -73,6 +92,12 @@ class Results:
                 self.data = json.load(f)
         return self
 
+    @classmethod
+    def muted(cls) -> "Results":
+        self = cls.__new__(cls)
+        self.path, self.data = None, {}
+        return self
+
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
         self.write()
@@ -84,4 +109,5 @@ class Results:
         self.update(**fields, status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
 
     def write(self) -> None:
-        atomic_write_json(self.path, self.data)
+        if self.path is not None:
+            atomic_write_json(self.path, self.data)

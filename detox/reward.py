@@ -1,7 +1,7 @@
 """Reward models: an HF sequence classifier, or alt-profanity-check, behind one interface.
 
 The reward is the score of ONE named label (`reward.label`, e.g. `nothate`), resolved through
-the classifier's `id2label`. The recipe instead took `pipeline(..., top_k=None)[0]["score"]`:
+the classifier's `id2label`. The recipe (docs/design.md) instead took `pipeline(..., top_k=None)[0]["score"]`:
 the pipeline sorts labels by score, so that was max(nothate, hate) and hateful text was
 rewarded too.
 """
@@ -15,8 +15,8 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from detox.errors import ConfigError
 from detox.hub import friendly_load_error
-from detox.schema import ConfigError
 
 PROFANITY_LABELS = {0: "clean", 1: "offensive"}
 

@@ -3,7 +3,8 @@
 Hydra composes `conf/` on top of these dataclasses (registered as `detox_schema`, the first
 entry of `conf/config.yaml`'s defaults list), so a wrong type or an unknown key fails at
 start with OmegaConf's message naming the full key. Checks that types cannot express
-(ranges, divisibility, template placeholders) live in `validate`.
+(ranges, divisibility, template placeholders) live in `validate`. "The recipe" in comments is
+the course notebook this project reproduces (docs/design.md, section 1).
 """
 
 from __future__ import annotations
@@ -16,54 +17,30 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from detox import ppo
+from detox.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and the fix."""
-
-
-class Stage(str, Enum):
-    ppo = "ppo"
-    sft = "sft"
-    eval = "eval"
-    export = "export"
+__all__ = ["Config", "ConfigError", "register", "validate", "asset_path"]
 
 
-class Reference(str, Enum):
-    initial = "initial"  # the policy as it was at step 0 (base + starting adapter)
-    base = "base"  # the bare base model: the original recipe's (flawed) reference
+def _choices(name: str, values) -> type[Enum]:
+    """A str Enum whose members are `values` (names = values): OmegaConf rejects anything else
+    and names the valid values."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-class RewardBackend(str, Enum):
-    hf = "hf"
-    profanity = "profanity"
-
-
-class RewardKind(str, Enum):
-    logit = "logit"
-    prob = "prob"
-    logodds = "logodds"
-
-
-class RewardInput(str, Enum):
-    response = "response"
-    prompt_response = "prompt_response"
-
-
-class KLControllerKind(str, Enum):
-    fixed = "fixed"
-    adaptive = "adaptive"
-
-
-class KLEstimator(str, Enum):
-    k1 = "k1"
-    k3 = "k3"
-    abs = "abs"
-    mse = "mse"
-
-
-class LoggerBackend(str, Enum):
-    wandb = "wandb"
-    none = "none"
+Stage = _choices("Stage", ["ppo", "sft", "eval", "export"])
+# initial: the policy as it was at step 0 (base + starting adapter); base: the bare base model,
+# the recipe's (flawed) reference.
+Reference = _choices("Reference", ["initial", "base"])
+RewardBackend = _choices("RewardBackend", ["hf", "profanity"])
+RewardKind = _choices("RewardKind", ["logit", "prob", "logodds"])
+RewardInput = _choices("RewardInput", ["response", "prompt_response"])
+KLControllerKind = _choices("KLControllerKind", ["fixed", "adaptive"])
+LoggerBackend = _choices("LoggerBackend", ["wandb", "none"])
+# Exactly the estimators detox/ppo.py registers: a new one needs no change here.
+KLEstimator = _choices("KLEstimator", ppo.KL_ESTIMATORS)
+AdvantageEstimator = _choices("AdvantageEstimator", ppo.ADVANTAGE_ESTIMATORS)
 
 
 @dataclass
@@ -147,6 +124,7 @@ class PPOConfig:
     mini_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     ppo_epochs: int = 1
+    advantage: AdvantageEstimator = AdvantageEstimator.gae  # a name registered in detox/ppo.py
     learning_rate: float = 1.41e-5
     value_learning_rate: Optional[float] = None  # the value head's; null: learning_rate
     value_warmup_steps: int = 0  # first steps train only the value head (veRL's critic warmup)

@@ -1,5 +1,4 @@
-"""Where metrics go: `metrics.jsonl` (always), Weights & Biases (unless logger.backend=none),
-and `curves.png` at the end."""
+"""Where metrics go: `metrics.jsonl` (always) and Weights & Biases (unless logger.backend=none)."""
 
 from __future__ import annotations
 
@@ -11,9 +10,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-log = logging.getLogger(__name__)
+from detox.run_dir import METRICS_FILE, WANDB_ID_FILE
+from detox.sweep import sweep_context
 
-METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 def wandb_mode(cfg: DictConfig) -> str:
@@ -35,16 +35,25 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 
 class Tracker:
+    """One run's metrics: rows appended to metrics.jsonl, and the W&B run."""
+
     def __init__(self, cfg: DictConfig, run_dir: str, config: dict, start_step: int | None = 0):
         """start_step: drop metrics.jsonl rows after it (a resumed run); None keeps them all
         (stage=eval adding its summary to a finished run)."""
         self.run_dir = run_dir
-        self.path = os.path.join(run_dir, METRICS_FILE)
+        self.path: str | None = os.path.join(run_dir, METRICS_FILE)
         if start_step is not None:
             self._truncate_after(start_step)
         self.run = None
         if cfg.backend == "wandb":
             self.run = self._init_wandb(cfg, config)
+
+    @classmethod
+    def muted(cls) -> "Tracker":
+        """Logs nothing anywhere: the processes of a data-parallel run that are not the main one."""
+        self = cls.__new__(cls)
+        self.run_dir, self.path, self.run = None, None, None
+        return self
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint so steps are not duplicated."""
@@ -55,9 +64,7 @@ class Tracker:
     def _init_wandb(self, cfg: DictConfig, config: dict):
         import wandb
 
-        from detox.sweep import sweep_context
-
-        id_file = os.path.join(self.run_dir, "wandb_id.txt")
+        id_file = os.path.join(self.run_dir, WANDB_ID_FILE)
         run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
         with open(id_file, "w") as f:
             f.write(run_id)
@@ -77,6 +84,8 @@ class Tracker:
         return run
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.path is None:
+            return
         row = {"step": step, **metrics}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -104,71 +113,3 @@ class Tracker:
         self.run = None
         if offline:
             log.info("W&B run saved offline; upload it with: wandb sync %s", os.path.dirname(run_path))
-
-
-def plot_curves(run_dir: str) -> str | None:
-    """curves.png: reward (mean ± std), KL (per-sequence k1 sum) and KL coefficient by step."""
-    rows = read_metrics(run_dir)
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    steps = np.array([r["step"] for r in rows])
-
-    def series(key):
-        return np.array([r.get(key, np.nan) for r in rows], dtype=float)
-
-    val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/toxicity_mean")})
-    fig, axes = plt.subplots(1, 3 + bool(val_keys), figsize=(13 + 4.3 * bool(val_keys), 3.6))
-    mean, std = series("env/reward_mean"), series("env/reward_std")
-    axes[0].plot(steps, mean, color="tab:green")
-    axes[0].fill_between(steps, mean - std, mean + std, color="tab:green", alpha=0.2)
-    axes[0].set_title("reward (env/reward_mean ± std)")
-    axes[1].plot(steps, series("objective/kl"), color="tab:red", label="train (objective/kl)")
-    if val_keys:
-        ok = ~np.isnan(series("val/kl_to_ref"))
-        axes[1].plot(steps[ok], series("val/kl_to_ref")[ok], "o-", color="tab:purple", ms=3,
-                     label="validation (val/kl_to_ref)")
-        axes[1].legend(fontsize=8)
-    axes[1].axhline(0, color="grey", lw=0.5)
-    axes[1].set_title("KL to reference (nats/seq)")
-    axes[2].plot(steps, series("objective/kl_coef"), color="tab:blue")
-    axes[2].set_ylim(bottom=0, top=max(1e-3, float(np.nanmax(series("objective/kl_coef")))) * 1.5)
-    axes[2].set_title("KL coefficient (objective/kl_coef)")
-    for key in val_keys:
-        ok = ~np.isnan(series(key))
-        axes[3].plot(steps[ok], series(key)[ok], "o-", ms=3, label=key.split("/")[1])
-    if val_keys:
-        axes[3].set_ylim(0, 1)
-        axes[3].set_title("validation toxicity (val/<judge>/toxicity_mean)")
-        axes[3].legend(fontsize=8)
-    for ax in axes:
-        ax.set_xlabel("PPO step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = os.path.join(run_dir, "curves.png")
-    tmp = os.path.join(run_dir, ".curves.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def quiet_libraries() -> None:
-    """One progress bar (PPO's own): silence the per-file bars of datasets and transformers,
-    and rouge-score's absl line for every scorer it builds."""
-    import logging
-    import warnings
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

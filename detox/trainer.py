@@ -1,94 +1,43 @@
-"""PPO for an encoder-decoder policy, readable top to bottom.
+"""The PPO trainer for an encoder-decoder policy: it owns the loop, readable top to bottom.
 
-One step: sample prompts -> generate responses (batched, sampled) -> score them with the
-reward model -> per-token log-probs of policy and reference and values (dropout off) ->
-per-token rewards (-beta * KL, plus the score on the last response token) -> GAE ->
-`ppo_epochs` passes of clipped policy + value loss over mini-batches -> KL controller update.
+One step (`train_step`): sample prompts -> rollout (`detox/rollout.py`: generate, score,
+per-token log-probs of policy and reference, values; dropout off) -> per-token rewards
+(-beta * KL, plus the score on the last response token) -> advantages (`ppo.advantage`,
+GAE by default) -> `ppo_epochs` passes of clipped policy + value loss over mini-batches ->
+KL controller update. The loop (`train`): steps until `ppo.steps`, each step's metrics to
+the tracker and its responses to rollouts.jsonl, periodic validation, checkpoints, and
+`final/`. The data flow through the modules is drawn in docs/design.md.
 """
 
 from __future__ import annotations
 
-import base64
+import json
 import logging
 import math
+import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from datasets import Dataset
 from omegaconf import DictConfig
-from transformers import GenerationConfig, PreTrainedTokenizerBase, set_seed
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, set_seed
 
 from detox import ppo
-from detox.checkpoint import CheckpointError
+from detox.checkpoint import decode_rng, encode_rng, fingerprint, save_checkpoint
 from detox.data import PromptSampler, sample_max_new_tokens
 from detox.distributed import Distributed, weights_checksum
+from detox.errors import CheckpointError
+from detox.evaluation import Evaluator
+from detox.generation import generation_config
 from detox.policy import Policy
 from detox.reward import RewardModel
-from detox.tracking import Tracker
+from detox.rollout import Rollout, collect_rollout, forward_logprobs
+from detox.run_dir import DISTRIBUTED_FILE, FINAL_DIR, ROLLOUTS_FILE, checkpoint_dir
+from detox.tracking import Tracker, read_metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Rollout:
-    """One batch of B prompts and their sampled responses (T = longest response)."""
-
-    input_ids: torch.Tensor  # [B, S] encoder input
-    attention_mask: torch.Tensor  # [B, S]
-    decoder_input_ids: torch.Tensor  # [B, T] decoder start token + response[:-1]
-    response_ids: torch.Tensor  # [B, T]
-    mask: torch.Tensor  # [B, T] 1 up to and including the first EOS (or the per-prompt cap)
-    scores: torch.Tensor  # [B] reward-model score
-    logprobs: torch.Tensor  # [B, T] policy at rollout time
-    ref_logprobs: torch.Tensor  # [B, T]
-    values: torch.Tensor  # [B, T]
-    entropy: torch.Tensor  # [B, T]
-    prompts: list[str]
-    responses: list[str]
-    ids: list
-    kl_per_seq: torch.Tensor | None = None  # [B] k1 sum over the response, set by train_step
-    rank: int | None = None  # the sampling process, in a data-parallel run
-
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "decoder_input_ids": self.decoder_input_ids, "response_ids": self.response_ids}
-
-
-def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[str], list[int]]:
-    """Texts of the masked response tokens, and their lengths in tokens (EOS included)."""
-    lengths = mask.sum(1).long().tolist()
-    texts = tokenizer.batch_decode([r[:n] for r, n in zip(response_ids.tolist(), lengths)],
-                                   skip_special_tokens=True)
-    return texts, lengths
-
-
-def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, batch_size: int,
-                     max_input_tokens: int, max_new_tokens: int, device: torch.device):
-    """`model.generate` over `prompts` in batches of `batch_size` (evaluation, SFT's ROUGE).
-
-    Yields per batch: enc (the tokenized prompts), seqs [B, 1 + T] (the decoder start token
-    first), response_ids = seqs[:, 1:] [B, T], and their mask [B, T] (1 up to and including
-    the first EOS)."""
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True,
-                        max_length=max_input_tokens, return_tensors="pt").to(device)
-        seqs = model.generate(**enc, generation_config=gen, max_new_tokens=max_new_tokens)
-        response_ids = seqs[:, 1:]
-        yield enc, seqs, response_ids, ppo.response_mask(response_ids, model.config.eos_token_id)
-
-
-def generation_config(gen: DictConfig, model_config) -> GenerationConfig:
-    """Sampling settings from config alone: a checkpoint's own generation_config (beams,
-    repetition penalties, ...) must not change the sampling distribution PPO assumes."""
-    return GenerationConfig(
-        do_sample=gen.do_sample, top_k=gen.top_k, top_p=gen.top_p, temperature=gen.temperature,
-        min_length=gen.min_length, num_beams=1,
-        pad_token_id=model_config.pad_token_id, eos_token_id=model_config.eos_token_id,
-        decoder_start_token_id=model_config.decoder_start_token_id,
-    )
 
 
 class PPOTrainer:
@@ -99,10 +48,9 @@ class PPOTrainer:
 
     def __init__(
         self, cfg: DictConfig, policy: Policy, tokenizer: PreTrainedTokenizerBase, reward: RewardModel,
-        train_set: Dataset, tracker: Tracker, device: torch.device, dist: Distributed | None = None,
+        train_set: Dataset, device: torch.device, dist: Distributed | None = None,
     ):
-        self.cfg, self.policy, self.tokenizer, self.reward = cfg, policy, tokenizer, reward
-        self.tracker, self.device = tracker, device
+        self.cfg, self.policy, self.tokenizer, self.reward, self.device = cfg, policy, tokenizer, reward, device
         self.dist = dist = dist or Distributed()
         self.train_set = train_set
         if dist.enabled:
@@ -116,7 +64,6 @@ class PPOTrainer:
                      cfg.ppo.batch_size, dist.world_size * cfg.ppo.batch_size, len(self.train_set), len(train_set))
         self.ppo_cfg = cfg.ppo
         self.gen_config = generation_config(cfg.generation, policy.config)
-        self.eos_id = policy.config.eos_token_id
         self.id_column = cfg.data.id_column
         # A fresh value head predicts noise, and the advantages it yields push the policy at
         # random: it may learn faster (value_learning_rate) or alone first (value_warmup_steps).
@@ -150,9 +97,9 @@ class PPOTrainer:
         }
         if self.dist.enabled:
             own = {"sampler": state["sampler"], "length_rng": state["length_rng"],
-                   "torch_rng": _encode_rng(torch.get_rng_state())}
+                   "torch_rng": encode_rng(torch.get_rng_state())}
             if self.device.type == "cuda":
-                own["cuda_rng"] = _encode_rng(torch.cuda.get_rng_state(self.device))
+                own["cuda_rng"] = encode_rng(torch.cuda.get_rng_state(self.device))
             state.update(world_size=self.dist.world_size, ranks=self.dist.gather_object(own))
         return state
 
@@ -170,9 +117,9 @@ class PPOTrainer:
         self.sampler.load_state_dict(own["sampler"])
         self.length_rng.bit_generator.state = own["length_rng"]
         if "torch_rng" in own:
-            torch.set_rng_state(_decode_rng(own["torch_rng"]))
+            torch.set_rng_state(decode_rng(own["torch_rng"]))
         if "cuda_rng" in own and self.device.type == "cuda":
-            torch.cuda.set_rng_state(_decode_rng(own["cuda_rng"]), self.device)
+            torch.cuda.set_rng_state(decode_rng(own["cuda_rng"]), self.device)
 
     def rank_report(self) -> dict:
         """This process's facts for `distributed.json`: optimizer steps taken, a checksum of its
@@ -183,83 +130,25 @@ class PPOTrainer:
                 "kl_coef": self.kl_ctl.value, "shard_rows": len(self.train_set), "device": str(self.device)}
 
     # ---------------------------------------------------------------- rollout
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, caps: np.ndarray) -> torch.Tensor:
-        """Decoder sequences [B, 1 + L] (decoder start token first), sampled in chunks of
-        `generation.batch_size` up to each chunk's largest cap."""
-        chunk = self.cfg.generation.batch_size or len(input_ids)
-        pieces = []
-        for i in range(0, len(input_ids), chunk):
-            out = self.policy.model.generate(
-                input_ids=input_ids[i : i + chunk], attention_mask=attention_mask[i : i + chunk],
-                generation_config=self.gen_config, max_new_tokens=int(caps[i : i + chunk].max()),
-            )
-            pieces.append(out)
-        width = max(p.shape[1] for p in pieces)
-        pad = self.policy.config.pad_token_id
-        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
-
-    def forward_logprobs(self, batch: dict, rows: torch.Tensor, detach_values: bool = False):
-        logits, values = self.policy(
-            batch["input_ids"][rows], batch["attention_mask"][rows], batch["decoder_input_ids"][rows],
-            detach_values=detach_values,
-        )
-        return logits, ppo.logprobs_from_logits(logits, batch["response_ids"][rows]), values
-
-    @torch.no_grad()
     def rollout(self, indices: list[int]) -> Rollout:
+        """Rollouts for rows `indices` of this process's train split."""
         rows = self.train_set.select(indices)
-        prompts = list(rows["prompt"])
-        enc = self.tokenizer(
-            prompts, padding=True, truncation=True, max_length=self.cfg.data.max_input_tokens,
-            return_tensors="pt",
-        ).to(self.device)
         gen = self.cfg.generation
-        caps = sample_max_new_tokens(self.length_rng, len(prompts), gen.max_new_tokens_min, gen.max_new_tokens_max)
-        t0 = time.perf_counter()
-        sequences = self.generate(enc["input_ids"], enc["attention_mask"], caps)
-        self.timings["perf/generate_s"] = time.perf_counter() - t0
-        response_ids = sequences[:, 1:]
-        mask = ppo.response_mask(response_ids, self.eos_id, torch.as_tensor(caps, device=self.device))
-        width = int(mask.sum(1).max())
-        response_ids, mask = response_ids[:, :width], mask[:, :width]
-        decoder_input_ids = sequences[:, :width]
-        responses, _ = decode_responses(self.tokenizer, response_ids, mask)
-        t0 = time.perf_counter()
-        scores = self.reward.score(prompts, responses).float()
-        self.timings["perf/reward_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-
-        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                 "decoder_input_ids": decoder_input_ids, "response_ids": response_ids}
-        out = {k: [] for k in ("logprobs", "ref_logprobs", "values", "entropy")}
-        for chunk in self._forward_chunks(len(prompts)):
-            logits, logprobs, values = self.forward_logprobs(batch, chunk)
-            out["logprobs"].append(logprobs)
-            out["values"].append(values)
-            out["entropy"].append(ppo.token_entropy(logits))
-            del logits
-            ref_logits = self.policy.reference_logits(
-                batch["input_ids"][chunk], batch["attention_mask"][chunk], decoder_input_ids[chunk]
-            )
-            out["ref_logprobs"].append(ppo.logprobs_from_logits(ref_logits, response_ids[chunk]))
-            del ref_logits
-        cat = {k: torch.cat(v) for k, v in out.items()}
-        self.timings["perf/forward_s"] = time.perf_counter() - t0
+        caps = sample_max_new_tokens(self.length_rng, len(indices), gen.max_new_tokens_min, gen.max_new_tokens_max)
         if self.id_column:
             ids = list(rows[self.id_column])
         else:  # row numbers of the whole train split (a shard holds rows rank, rank + n, ...)
             ids = [self.dist.rank + self.dist.world_size * i for i in indices]
-        return Rollout(
-            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-            decoder_input_ids=decoder_input_ids, response_ids=response_ids, mask=mask,
-            scores=scores.to(self.device), prompts=prompts, responses=responses, ids=ids,
-            rank=self.dist.rank if self.dist.enabled else None, **cat,
-        )
+        r = collect_rollout(
+            self.policy, self.tokenizer, self.reward, list(rows["prompt"]), ids, caps, gen_config=self.gen_config,
+            max_input_tokens=self.cfg.data.max_input_tokens, generate_chunk=gen.batch_size,
+            forward_chunk=self.micro_batch_size, device=self.device, timings=self.timings)
+        r.rank = self.dist.rank if self.dist.enabled else None
+        return r
 
-    def _forward_chunks(self, n: int) -> list[torch.Tensor]:
-        size = self.ppo_cfg.mini_batch_size // self.ppo_cfg.gradient_accumulation_steps
-        return [torch.arange(i, min(i + size, n), device=self.device) for i in range(0, n, size)]
+    @property
+    def micro_batch_size(self) -> int:
+        return self.ppo_cfg.mini_batch_size // self.ppo_cfg.gradient_accumulation_steps
 
     # ---------------------------------------------------------------- optimisation
     def advantages(self, r: Rollout) -> dict[str, torch.Tensor]:
@@ -268,7 +157,8 @@ class PPOTrainer:
         rewards = ppo.kl_penalized_rewards(r.scores, kl, r.mask, kl_coef)
         if self.ppo_cfg.whiten_rewards:
             rewards = self._whiten(rewards, r.mask, shift_mean=False)
-        advantages, returns = ppo.compute_gae(rewards, r.values, r.mask, self.ppo_cfg.gamma, self.ppo_cfg.lam)
+        advantages, returns = ppo.compute_advantages(self.ppo_cfg.advantage.value, rewards, r.mask, values=r.values,
+                                                     gamma=self.ppo_cfg.gamma, lam=self.ppo_cfg.lam)
         advantages = self._whiten(advantages, r.mask)
         return {"advantages": advantages, "returns": returns, "kl": kl, "kl_coef": kl_coef}
 
@@ -282,8 +172,7 @@ class PPOTrainer:
     def optimise(self, r: Rollout, adv: dict) -> dict[str, float]:
         cfg = self.ppo_cfg
         batch = r.model_inputs()
-        accum = cfg.gradient_accumulation_steps
-        micro = cfg.mini_batch_size // accum
+        accum, micro = cfg.gradient_accumulation_steps, self.micro_batch_size
         # Detached 0-dim tensors, read back once after the loop (no host sync per micro-batch).
         stats: dict[str, list[torch.Tensor]] = {k: [] for k in
                                                 ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
@@ -298,7 +187,7 @@ class PPOTrainer:
                 minibatch = order[start : start + cfg.mini_batch_size]
                 for m in range(0, len(minibatch), micro):
                     rows = minibatch[m : m + micro]
-                    _, logprobs, values = self.forward_logprobs(batch, rows, detach_values=warmup)
+                    _, logprobs, values = forward_logprobs(self.policy, batch, rows, detach_values=warmup)
                     mask = r.mask[rows]
                     pg_loss, pg_stats = ppo.policy_loss(
                         logprobs, r.logprobs[rows], adv["advantages"][rows], mask, cfg.cliprange
@@ -324,18 +213,18 @@ class PPOTrainer:
                 if approxkl > cfg.target_approx_kl:
                     break
         means = {k: torch.stack(v).double() for k, v in stats.items()}
-        self.first_ratio = float(means["ratio"][0])
         return {
             "ppo/loss/policy": float(means["policy"].mean()),
             "ppo/loss/value": float(means["value"].mean()),
             "ppo/policy/approxkl": float(means["approxkl"].mean()),
             "ppo/policy/clipfrac": float(means["clipfrac"].mean()),
             "ppo/policy/ratio_mean": float(means["ratio"].mean()),
-            "ppo/val/clipfrac": float(means["vf_clipfrac"].mean()),
+            "ppo/value/clipfrac": float(means["vf_clipfrac"].mean()),
             "ppo/epochs": epochs_done,
         }
 
     def train_step(self) -> tuple[dict[str, float], Rollout]:
+        """One PPO iteration (rollout, advantages, optimisation, KL controller); `self.step` + 1."""
         t0 = time.perf_counter()
         r = self.rollout(self.sampler.next_indices())
         adv = self.advantages(r)
@@ -343,7 +232,6 @@ class PPOTrainer:
         stats = self.optimise(r, adv)
         self.timings["perf/optimise_s"] = time.perf_counter() - t1
         mask = r.mask
-        r.kl_per_seq = ((r.logprobs - r.ref_logprobs) * mask).sum(1)
         scores, kl_per_seq = r.scores, r.kl_per_seq
         if self.dist.enabled:  # the global batch's (every process's); the KL controller steps on them
             scores, kl_per_seq = self.dist.gather(torch.stack([scores.float(), kl_per_seq.float()], 1)).unbind(1)
@@ -353,7 +241,7 @@ class PPOTrainer:
             self._warn_negative_kl(kl_per_seq)
         step_time = time.perf_counter() - t0
         lengths = mask.sum(1)
-        ended = (r.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1) == self.eos_id)
+        ended = (r.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1) == self.policy.config.eos_token_id)
         metrics = {
             "env/reward_mean": float(scores.mean()),
             "env/reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
@@ -362,8 +250,8 @@ class PPOTrainer:
             "objective/kl_penalty": float(-adv["kl_coef"] * adv["kl"].sum(1).mean()),
             "objective/entropy": float(ppo.masked_mean(r.entropy, mask)),
             **stats,
-            "ppo/val/explained_variance": float(ppo.explained_variance(r.values, adv["returns"], mask)),
-            "ppo/val/mean": float(ppo.masked_mean(r.values, mask)),
+            "ppo/value/explained_variance": float(ppo.explained_variance(r.values, adv["returns"], mask)),
+            "ppo/value/mean": float(ppo.masked_mean(r.values, mask)),
             "ppo/returns/mean": float(ppo.masked_mean(adv["returns"], mask)),
             "response/length_mean": float(lengths.float().mean()),
             "response/eos_rate": float(ended.float().mean()),
@@ -374,7 +262,58 @@ class PPOTrainer:
         if self.dist.enabled:
             metrics = self._global_metrics(metrics, exact=("env/reward_mean", "env/reward_std", "objective/kl",
                                                            "objective/kl_coef", "ppo/epochs"))
+        self.step += 1
         return metrics, r
+
+    # ---------------------------------------------------------------- the loop
+    def train(self, tracker: Tracker, run_dir: str, evaluator: Evaluator | None = None) -> dict[str, float]:
+        """PPO steps from `self.step` to `ppo.steps`: each step's metrics to `tracker`, its
+        responses to rollouts.jsonl; validation every `eval.every_n_steps` (when `evaluator`
+        has a validation subset); a checkpoint every `ppo.save_every` steps; `final/` at the
+        end. Returns the last step's metrics. Data-parallel: every process calls it."""
+        ppo_cfg = self.ppo_cfg
+        every = self.cfg.eval.every_n_steps if evaluator is not None and evaluator.val is not None else 0
+        metrics: dict = {}
+        bar = tqdm(total=ppo_cfg.steps, initial=self.step, desc="PPO", unit="step", dynamic_ncols=True,
+                   disable=not self.dist.is_main)
+        while self.step < ppo_cfg.steps:
+            metrics, rollout = self.train_step()
+            if every and self.step % every == 0:
+                val_metrics, table = evaluator.periodic()
+                metrics = {**metrics, **val_metrics}
+                tracker.log_table("val/samples", table, self.step)
+            tracker.log(metrics, self.step)
+            self.append_rollouts(run_dir, rollout)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['env/reward_mean']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
+                            len=f"{metrics['response/length_mean']:.1f}")
+            if ppo_cfg.save_every and self.step % ppo_cfg.save_every == 0 and self.step < ppo_cfg.steps:
+                self.save(checkpoint_dir(run_dir, self.step))
+        bar.close()
+        if not metrics:  # resumed a run that had already finished its steps
+            metrics = {k: v for k, v in (read_metrics(run_dir) or [{}])[-1].items() if k != "step"}
+        self.dist.record(os.path.join(run_dir, DISTRIBUTED_FILE), self.rank_report, steps=self.step,
+                         batch_size_per_process=ppo_cfg.batch_size,
+                         global_batch_size=ppo_cfg.batch_size * self.dist.world_size)
+        self.save(os.path.join(run_dir, FINAL_DIR))
+        return metrics
+
+    def save(self, path: str) -> None:
+        """A checkpoint of this step (data-parallel: a collective; the main process writes)."""
+        state = {**self.state(), "fingerprint": fingerprint(self.cfg)}
+        if self.dist.is_main:
+            save_checkpoint(path, self.policy, self.optimizer, state)
+
+    def append_rollouts(self, run_dir: str, r: Rollout) -> None:
+        """Every sampled response of this step with its score and KL, so a user can read what
+        PPO rewarded (data-parallel: every process's, written by the main one)."""
+        rows = r.rows(self.step)
+        if self.dist.enabled:
+            rows = [row for part in self.dist.gather_object(rows) for row in part]
+            if not self.dist.is_main:
+                return
+        with open(os.path.join(run_dir, ROLLOUTS_FILE), "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
 
     def _global_metrics(self, metrics: dict[str, float], exact: tuple[str, ...]) -> dict[str, float]:
         """Means over processes of this process's metrics (one all-reduce); `exact` ones are
@@ -399,12 +338,3 @@ class PPOTrainer:
                 "distribution than the policy's log-probs describe, which biases k1 below zero.",
                 self.step, mean, se,
             )
-
-
-def _encode_rng(state: torch.Tensor) -> str:
-    """A torch RNG state (uint8 tensor) as text, for trainer_state.json."""
-    return base64.b64encode(state.cpu().numpy().tobytes()).decode()
-
-
-def _decode_rng(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)

@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_module
 
 from detox.schema import register
 from detox.stages import build_ppo
-from detox.tracking import quiet_libraries
+from detox.runs import quiet_libraries
 
 
 def build_base_models(root: str, reward: str) -> dict[str, str]:
@@ -104,7 +104,6 @@ def main() -> None:
     rows = []
     for step in range(cfg.ppo.steps):
         metrics, _ = trainer.train_step()
-        trainer.step += 1
         row = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("perf/", "response/"))}
         print(json.dumps({"step": step + 1, **row}), flush=True)
         rows.append(row)

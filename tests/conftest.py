@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
 from detox.schema import register  # noqa: E402
-from detox.tracking import quiet_libraries  # noqa: E402
+from detox.runs import quiet_libraries  # noqa: E402
 
 register()
 quiet_libraries()

@@ -19,7 +19,7 @@ E2E_STEPS = 60
 E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=30"]
 METRICS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
            "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl", "ppo/policy/clipfrac",
-           "ppo/val/explained_variance", "ppo/returns/mean", "response/length_mean", "perf/step_time_s",
+           "ppo/value/explained_variance", "ppo/returns/mean", "response/length_mean", "perf/step_time_s",
            "perf/samples_per_s"]
 
 

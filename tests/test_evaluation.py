@@ -30,7 +30,6 @@ def evaluated(tiny, tmp_path_factory):
     baseline = evaluator.baseline(str(tmp / "eval"))
     for _ in range(3):
         trainer.train_step()
-        trainer.step += 1
     metrics, val_metrics, samples, paths = evaluator.final(baseline, str(tmp / "eval"))
     return tmp, cfg, samples, metrics, val_metrics, evaluator, splits
 

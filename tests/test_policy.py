@@ -9,7 +9,7 @@ from detox import ppo
 from detox.hub import LoadError
 from detox.policy import build_policy
 from detox.schema import ConfigError
-from detox.trainer import generation_config
+from detox.generation import generation_config
 
 
 @pytest.fixture(scope="module")

@@ -459,3 +459,40 @@ def test_padding_values_change_nothing():
     # padded outputs are zero, and gradients at padding are exactly zero
     for k in ["whiten", "whiten_noshift", "rewards", "adv", "ret", "grad_logp", "grad_values"]:
         assert (ref_out[k][pad] == 0).all(), k
+
+
+# ---------------------------------------------------------------------------------------
+# Estimator registries: the config accepts exactly what ppo.py registers
+# ---------------------------------------------------------------------------------------
+
+
+def test_config_choices_are_the_registries():
+    from omegaconf import OmegaConf
+
+    from detox.schema import AdvantageEstimator, Config, KLEstimator
+
+    assert [e.value for e in KLEstimator] == list(ppo.KL_ESTIMATORS) == ["k1", "k3", "abs", "mse"]
+    assert [e.value for e in AdvantageEstimator] == list(ppo.ADVANTAGE_ESTIMATORS) == ["gae"]
+    cfg = OmegaConf.structured(Config)
+    with pytest.raises(Exception, match=r"expected one of \[gae\]"):
+        cfg.ppo.advantage = "reinforce"
+
+
+def test_registering_an_estimator_twice_is_refused():
+    with pytest.raises(ValueError, match="registered twice"):
+        ppo.register_kl_estimator("k1")(lambda d: d)
+    with pytest.raises(ValueError, match="registered twice"):
+        ppo.register_advantage("gae", uses_values=True)(lambda *a, **k: None)
+
+
+def test_gae_through_the_registry_is_compute_gae():
+    torch.manual_seed(0)
+    rewards, values = torch.randn(3, 5), torch.randn(3, 5)
+    mask = ppo.response_mask(torch.tensor([[5, 1, 0, 0, 0], [5, 5, 5, 5, 5], [1, 0, 0, 0, 0]]), 1)
+    expected = ppo.compute_gae(rewards, values, mask, 0.99, 0.9)
+    got = ppo.compute_advantages("gae", rewards, mask, values=values, gamma=0.99, lam=0.9)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert ppo.ADVANTAGE_ESTIMATORS["gae"].uses_values
+    with pytest.raises(ValueError, match="unknown advantage estimator 'nope'; valid: gae"):
+        ppo.compute_advantages("nope", rewards, mask)

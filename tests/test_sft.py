@@ -16,7 +16,8 @@ from detox.data import load_splits
 from detox.eval_metrics import rouge
 from detox.policy import build_policy, load_base_model
 from detox.schema import ConfigError, validate
-from detox.sft import encode, greedy_summaries, load_artifact, run_sft
+from detox.sft import greedy_summaries, load_artifact, run_sft
+from detox.sft_trainer import MetricsFile, encode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A few seconds on one core: the tiny random T5 learns the tiny data's summary template.
@@ -160,23 +161,21 @@ def test_finished_run_is_not_retrained(full_run):
 
 
 def test_interrupted_sft_resumes_from_its_trainer_checkpoint(tiny, tmp_path, monkeypatch):
-    from detox import sft
-
     out = str(tmp_path / "run")
     cfg = make_cfg(sft_overrides(tiny, "lora.enabled=true", "sft.max_steps=4", "sft.save_steps=2",
                                  "sft.eval_samples=2", "sft.eval_max_new_tokens=4"), output_dir=out)
-    log_step = sft.MetricsFile.on_log
+    log_step = MetricsFile.on_log
 
     def crash_at_step_3(self, args, state, control, logs=None, **kwargs):
         log_step(self, args, state, control, logs=logs, **kwargs)
         if state.global_step == 3:  # after step 3's row is written, before its checkpoint
             raise KeyboardInterrupt("preempted")
 
-    monkeypatch.setattr(sft.MetricsFile, "on_log", crash_at_step_3)
+    monkeypatch.setattr(MetricsFile, "on_log", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_sft(cfg)
     assert results(out)["status"] == "failed" and not os.path.exists(os.path.join(out, "final"))
-    monkeypatch.setattr(sft.MetricsFile, "on_log", log_step)
+    monkeypatch.setattr(MetricsFile, "on_log", log_step)
     run_sft(cfg)
     r = results(out)
     assert r["status"] == "done" and r["train"]["steps"] == 4

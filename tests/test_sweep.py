@@ -19,7 +19,9 @@ from detox_cli import run_detox
 from wandb_offline import read_run, records
 
 from detox.schema import ObjectiveConfig
-from detox.sweep import group_name, main as summary_main, objective, pareto_front, summarize
+from detox.sweep import group_name, objective
+from detox.sweep_jobs import pareto_front
+from detox.sweep_summary import main as summary_main, summarize
 
 TINY_EVAL = ["eval.num_samples=6", "eval.val_samples=4", "eval.judges=[profanity]", "eval.every_n_steps=0",
              "eval.batch_size=8"]
@@ -323,6 +325,6 @@ def test_summary_of_a_handmade_sweep(handmade_sweep, tmp_path):
 
 def test_summary_errors_say_what_to_pass(tmp_path):
     (tmp_path / "empty").mkdir()
-    out = subprocess.run([sys.executable, "-m", "detox.sweep", str(tmp_path / "empty")], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "detox.sweep_summary", str(tmp_path / "empty")], capture_output=True, text=True)
     assert out.returncode == 2 and "no job dirs under" in out.stderr and "outputs/multirun" in out.stderr
     assert summary_main([str(tmp_path / "nowhere")]) == 2

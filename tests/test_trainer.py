@@ -13,6 +13,7 @@ from detox.policy import build_policy, load_tokenizer
 from detox.reward import build_reward
 from detox.stages import run_ppo
 from detox.tracking import read_metrics
+from detox.rollout import forward_logprobs
 from detox.trainer import PPOTrainer
 
 CPU = torch.device("cpu")
@@ -24,31 +25,33 @@ def make_trainer(overrides, tmp_path):
     splits = load_splits(cfg.data)
     policy = build_policy(cfg.policy, cfg.lora)
     trainer = PPOTrainer(cfg, policy, load_tokenizer(cfg.policy), build_reward(cfg.reward, CPU),
-                         splits["train"], None, CPU)
+                         splits["train"], CPU)
     return trainer
 
 
 def test_first_minibatch_ratio_is_one_and_kl_zero(tiny_overrides, tmp_path):
-    trainer = make_trainer(tiny_overrides, tmp_path)
+    # One epoch of one mini-batch: the step's logged ratio is the first mini-batch's.
+    trainer = make_trainer([*tiny_overrides, "ppo.ppo_epochs=1", "ppo.mini_batch_size=8"], tmp_path)
     r = trainer.rollout(trainer.sampler.next_indices())
     kl = (r.logprobs - r.ref_logprobs) * r.mask
     assert kl.abs().max() < 1e-6
     batch = r.model_inputs()
     rows = torch.arange(trainer.ppo_cfg.mini_batch_size)
     with torch.no_grad():
-        _, logprobs, _ = trainer.forward_logprobs(batch, rows)
+        _, logprobs, _ = forward_logprobs(trainer.policy, batch, rows)
     ratio = torch.exp(logprobs - r.logprobs[rows])[r.mask[rows].bool()]
     assert (ratio - 1).abs().max() < 1e-5
-    # and through the full step: the logged first ratio and the step-1 KL
+    # and through the full step: the logged ratio, nothing clipped, and the step-1 KL
     metrics, _ = trainer.train_step()
-    assert abs(trainer.first_ratio - 1) < 1e-5
+    assert abs(metrics["ppo/policy/ratio_mean"] - 1) < 1e-5
+    assert metrics["ppo/policy/clipfrac"] == 0 and metrics["ppo/policy/approxkl"] < 1e-9
     assert abs(metrics["objective/kl"]) < 1e-6
 
 
 def test_rollout_mask_ends_at_the_first_eos_and_respects_caps(tiny_overrides, tmp_path):
     trainer = make_trainer(tiny_overrides, tmp_path)
     r = trainer.rollout(trainer.sampler.next_indices())
-    eos = trainer.eos_id
+    eos = trainer.policy.config.eos_token_id
     lengths = r.mask.sum(1).long()
     assert (lengths <= 15).all()  # caps drawn from [8, 16)
     for row, n in zip(r.response_ids, lengths):
@@ -68,7 +71,7 @@ def test_training_changes_the_policy_but_not_the_reference(tiny_overrides, tmp_p
     ref_before = policy.reference_logits(*batch)
     for _ in range(3):
         trainer.train_step()
-        trainer.step += 1
+    assert trainer.step == 3
     for n, p in policy.named_parameters():
         if n in frozen_before:
             assert torch.equal(p, frozen_before[n]), n
@@ -144,7 +147,6 @@ def test_value_warmup_trains_only_the_value_head(tiny_overrides, tmp_path):
     trainer.train_step()
     changed = {n for n, p in trainer.policy.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
     assert changed and all(n.startswith("value_head") for n in changed)
-    trainer.step += 1
     trainer.train_step()  # warm-up over: the adapter moves too
     assert any("lora_" in n for n, p in trainer.policy.named_parameters()
                if p.requires_grad and not torch.equal(p, before[n]))

@@ -1,0 +1,109 @@
+"""Run plumbing every stage shares: the device, the config as a dict, quiet libraries, the
+resume decision, recording a failure, and reading a finished run back."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from detox.checkpoint import fingerprint, fingerprint_diffs, latest_checkpoint, read_state
+from detox.errors import CheckpointError, ConfigError
+from detox.hub import looks_local
+from detox.overrides import hydra_overrides, override_key, under
+from detox.results import Results
+from detox.run_dir import HYDRA_CONFIG
+from detox.schema import Config, validate
+from detox.tracking import Tracker
+
+# A re-evaluation (stage=eval/export) of a finished run takes these from its own command line;
+# everything else comes from the run's saved config.
+OWN_KEYS = ("eval", "device", "logger", "objective")
+
+
+def config_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def quiet_libraries() -> None:
+    """One progress bar (PPO's own): silence the per-file bars of datasets and transformers,
+    and rouge-score's absl line for every scorer it builds."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def should_resume(resume: str, run_dir: str, has_checkpoint: bool, holds_run: bool,
+                  what: str = "checkpoint") -> bool:
+    """Whether to continue the run in `run_dir`. resume=auto: when it has a checkpoint;
+    resume=false: never, and a run dir that already holds a run is refused; resume=true: a
+    checkpoint is required."""
+    resume = str(resume).lower()
+    if resume == "false" and holds_run:
+        raise CheckpointError(f"run dir {run_dir} already holds a run and resume=false; use a new "
+                              "hydra.run.dir, or resume=auto to continue it.")
+    if resume == "true" and not has_checkpoint:
+        raise CheckpointError(f"resume=true but run dir {run_dir} holds no {what}.")
+    return resume != "false" and has_checkpoint
+
+
+class JobRecord:
+    """results.json and the tracker of one job, in the manner of lightning-hydra-template's
+    `task_wrapper`: an exception inside `with JobRecord(results) as job:` marks results.json
+    `failed` with the error, closes the tracker (`job.tracker`, once set) with exit code 1, and
+    propagates."""
+
+    def __init__(self, results: Results):
+        self.results = results
+        self.tracker: Tracker | None = None
+
+    def __enter__(self) -> "JobRecord":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is not None:
+            self.results.failed(error)
+            if self.tracker is not None:
+                self.tracker.finish(1)
+        return False
+
+
+def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """A finished run's own config (with this command's `eval.*`, `device`, `logger.*` and
+    `objective.*` overrides on top) and its newest checkpoint. Errors before any model loads."""
+    run_dir = cfg.run_dir
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"run_dir={run_dir!r} does not exist; pass the run dir of a finished run "
+                          "(it holds .hydra/, metrics.jsonl, final/).")
+    config_path = os.path.join(run_dir, HYDRA_CONFIG)
+    if not os.path.exists(config_path):
+        raise ConfigError(f"run_dir={run_dir!r} is not a detox run dir (no {HYDRA_CONFIG}).")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"run_dir={run_dir!r} holds no checkpoint (final/ or checkpoints/step-N/).")
+    saved = OmegaConf.load(config_path)
+    saved.output_dir = run_dir
+    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in saved.items() if k != "hydra"})
+    for key in map(override_key, hydra_overrides()):
+        if under(key, OWN_KEYS):
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
+    run_cfg.stage, run_cfg.run_dir = cfg.stage, run_dir
+    validate(run_cfg)
+    adapter = run_cfg.policy.adapter
+    if adapter and looks_local(adapter) and not os.path.exists(adapter):
+        raise ConfigError(f"the run's starting adapter policy.adapter={adapter!r} does not exist any more; "
+                          "restore it to evaluate against the starting policy.")
+    saved_fp = read_state(checkpoint).get("fingerprint")
+    diffs = fingerprint_diffs(saved_fp, fingerprint(run_cfg)) if saved_fp else {}
+    if diffs:
+        raise CheckpointError(f"checkpoint {checkpoint} was not made with {config_path} (they differ in "
+                              f"{', '.join(diffs)}); restore the config the run was trained with.")
+    return run_cfg, checkpoint

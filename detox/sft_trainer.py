@@ -1,0 +1,122 @@
+"""transformers' `Seq2SeqTrainer` set up for stage=sft: tokenized examples, the training
+arguments from `sft.*`, a metrics.jsonl callback, resuming from its own checkpoints, and the
+training figures results.json records. (TRL's `SFTTrainer` builds decoder-only batches,
+prompt and completion in one `input_ids`, so it does not fit an encoder-decoder model.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from datasets import Dataset
+from omegaconf import DictConfig
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from detox.distributed import resolve_device
+from detox.run_dir import METRICS_FILE, SFT_TRAINER_DIR
+from detox.tracking import Tracker
+
+
+def encode(rows: Dataset, tokenizer, data_cfg: DictConfig, max_target_tokens: int) -> Dataset:
+    """input_ids/attention_mask of the prompt and `labels` of the summary (`text_target`); the
+    collator pads labels with -100, so padding never counts in the loss."""
+
+    def fn(batch):
+        enc = tokenizer(batch["prompt"], truncation=True, max_length=data_cfg.max_input_tokens)
+        enc["labels"] = tokenizer(text_target=batch[data_cfg.summary_column], truncation=True,
+                                  max_length=max_target_tokens)["input_ids"]
+        return enc
+
+    return rows.map(fn, batched=True, remove_columns=rows.column_names)
+
+
+class MetricsFile(TrainerCallback):
+    """The trainer's logs as metrics.jsonl rows (`step` + W&B's names: train/loss, eval/loss, ...)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step}
+        for k, v in logs.items():
+            row[f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"] = v
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def last_trainer_checkpoint(trainer_dir: str) -> str | None:
+    """The newest complete `checkpoint-N` (trainer_state.json is the last file the trainer writes)."""
+    if not os.path.isdir(trainer_dir):
+        return None
+    done = [(int(n.split("-")[1]), n) for n in os.listdir(trainer_dir)
+            if n.startswith("checkpoint-") and n.split("-")[1].isdigit()
+            and os.path.exists(os.path.join(trainer_dir, n, "trainer_state.json"))]
+    return os.path.join(trainer_dir, max(done)[1]) if done else None
+
+
+def training_arguments(cfg: DictConfig, trainer_dir: str, report_to: str) -> Seq2SeqTrainingArguments:
+    s = cfg.sft
+    cpu = resolve_device(cfg.device).type == "cpu"
+    return Seq2SeqTrainingArguments(
+        output_dir=trainer_dir,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=cpu,
+        per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.eval_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps if s.max_steps is not None else -1,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=s.warmup_steps,
+        weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm,
+        train_sampling_strategy="group_by_length" if s.group_by_length else "random",
+        activation_checkpointing=cfg.policy.gradient_checkpointing and not cfg.lora.enabled,  # LoRA: build_policy did it
+        logging_strategy="steps",
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if s.save_steps else "no",
+        save_steps=s.save_steps or 500,
+        save_total_limit=1,
+        eval_strategy="no",
+        report_to=report_to,
+        push_to_hub=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=not cpu,
+        remove_unused_columns=False,
+    )
+
+
+def seq2seq_trainer(cfg: DictConfig, model, tokenizer, train: Dataset, val: Dataset | None, run_dir: str,
+                    tracker: Tracker) -> Seq2SeqTrainer:
+    def encoded(rows):
+        return encode(rows, tokenizer, cfg.data, cfg.sft.max_target_tokens) if rows is not None else None
+
+    args = training_arguments(cfg, os.path.join(run_dir, SFT_TRAINER_DIR), "wandb" if tracker.run is not None else "none")
+    return Seq2SeqTrainer(
+        model=model, args=args, train_dataset=encoded(train), eval_dataset=encoded(val), processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        callbacks=[MetricsFile(os.path.join(run_dir, METRICS_FILE))],
+    )
+
+
+def fine_tune(trainer: Seq2SeqTrainer, checkpoint: str | None, with_validation: bool) -> dict:
+    """Train (from `checkpoint`, if any); the training figures for results.json."""
+    figures: dict = {}
+    if with_validation and not checkpoint:
+        figures["val_loss_before"] = round(trainer.evaluate()["eval_loss"], 4)
+    start = time.time()
+    out = trainer.train(resume_from_checkpoint=checkpoint)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    figures.update(seconds=round(time.time() - start, 1), steps=trainer.state.global_step,
+                   epochs=round(trainer.state.epoch or 0.0, 3), loss_mean=round(out.training_loss, 4),
+                   loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
+                   resumed_from=checkpoint)
+    if with_validation:
+        figures["val_loss_after"] = round(trainer.evaluate()["eval_loss"], 4)
+    return figures
