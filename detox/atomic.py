@@ -69,3 +69,27 @@ def atomic_dir(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a .jsonl file that is appended to row by row ([] when it does not exist).
+    A torn last line, from a process killed mid-write, is dropped."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise
+    return rows
+
+
+def cut_jsonl_after(path: str, step: int) -> None:
+    """Rewrite a step-keyed .jsonl file (metrics, rollouts) without its rows after `step`, so
+    that a resumed run logs every step once."""
+    if os.path.exists(path):
+        atomic_write_jsonl(path, [row for row in read_jsonl(path) if row.get("step", 0) <= step])

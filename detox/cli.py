@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from detox.distributed import launched_world_size
-from detox.errors import DetoxError
+from detox.errors import DetoxError, Interrupted, RunStopped
 from detox.results import Results
 from detox.runs import quiet_libraries
 from detox.schema import register
@@ -35,6 +35,11 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     try:
         return run_stage(cfg)
+    except RunStopped as e:
+        _report_stop(cfg, e)
+        if isinstance(e, Interrupted) and e.chain is not None:
+            e.chain()  # the launcher's own handler (submitit requeues the job), once the checkpoint is safe
+        sys.exit(e.exit_code)
     except DetoxError as e:
         # A user error: say what is wrong and how to fix it, without a traceback.
         log.error("%s: %s", type(e).__name__, e)
@@ -47,6 +52,18 @@ def main(cfg: DictConfig) -> float | None:
             log.exception("%s: %s", type(e).__name__, e)
             _record_failure(cfg, e)
         raise
+
+
+def _report_stop(cfg: DictConfig, stop: RunStopped) -> None:
+    """One line: why the run stopped, and how to go on."""
+    run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.get("output_dir")
+    if isinstance(stop, Interrupted):
+        log.error("interrupted by %s after step %d%s. To resume, run the same command with hydra.run.dir=%s",
+                  stop.signal_name, stop.step, f" (checkpoint {stop.checkpoint})" if stop.checkpoint else "",
+                  run_dir)
+    else:
+        log.error("diverged at step %d: %s. Last good checkpoint: %s (results.json says `diverged`)",
+                  stop.step, stop.reason, stop.last_good_checkpoint or "none")
 
 
 def _in_multirun() -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from detox.atomic import atomic_write_json
+from detox.errors import RunStopped
 from detox.run_dir import RESULTS_FILE
 
 PACKAGES = ("detox", "torch", "transformers", "peft", "trl", "datasets", "hydra-core", "wandb",
@@ -72,13 +73,18 @@ class Results:
     (`Results.muted()`): keeps the fields and writes nothing, for the processes of a
     data-parallel run that are not the main one."""
 
-    def __init__(self, run_dir: str, overrides: list[str], config: dict):
+    def __init__(self, run_dir: str, overrides: list[str], config: dict, resumed_from_step: int | None = None):
+        """resumed_from_step: this job continues the run from a checkpoint of that step: the
+        first start time is kept and the resume is recorded under `resumes`."""
         self.path: str | None = os.path.join(run_dir, RESULTS_FILE)
+        previous = Results.reopen(run_dir).data if resumed_from_step is not None else {}
         self.data: dict[str, Any] = {
             "status": "running", "overrides": overrides, "run_dir": os.path.abspath(run_dir),
-            "started_at": now(), "config": config,
+            "started_at": previous.get("started_at") or now(), "config": config,
             "train": None, "eval": None, "provenance": None,
         }
+        if resumed_from_step is not None:
+            self.data["resumes"] = [*previous.get("resumes", []), {"at": now(), "from_step": resumed_from_step}]
         self.write()
 
     @classmethod
@@ -88,8 +94,11 @@ class Results:
         self.path = os.path.join(run_dir, RESULTS_FILE)
         self.data = {}
         if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.data = json.load(f)
+            try:
+                with open(self.path) as f:
+                    self.data = json.load(f)
+            except ValueError:
+                pass  # damaged: start it afresh
         return self
 
     @classmethod
@@ -107,6 +116,10 @@ class Results:
 
     def failed(self, error: BaseException, **fields: Any) -> None:
         self.update(**fields, status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
+
+    def stopped(self, stop: RunStopped) -> None:
+        """An early end on purpose: `interrupted` (a signal) or `diverged`, with its facts."""
+        self.update(**stop.record(), status=stop.status, finished_at=now())
 
     def write(self) -> None:
         if self.path is not None:

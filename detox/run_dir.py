@@ -9,6 +9,7 @@ A run dir is Hydra's output dir of one job. PPO writes:
     curves.png                  reward, KL and KL coefficient by step
     distributed.json            data-parallel runs: every process's facts
     wandb_id.txt, wandb/        the W&B run (resumed under the same id)
+    detox.lock                  while a process works in the run dir: its pid, host, stage
     checkpoints/step-<N>/       periodic checkpoints (format: detox/checkpoint.py)
     final/                      the last checkpoint
     eval/                       samples.jsonl, report.json, report.md, toxicity_hist.png, baseline.json
@@ -30,6 +31,7 @@ ROLLOUTS_FILE = "rollouts.jsonl"
 CURVES_FILE = "curves.png"
 DISTRIBUTED_FILE = "distributed.json"
 WANDB_ID_FILE = "wandb_id.txt"
+LOCK_FILE = "detox.lock"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 EVAL_DIR = "eval"

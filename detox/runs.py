@@ -8,14 +8,16 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from detox.checkpoint import fingerprint, fingerprint_diffs, latest_checkpoint, read_state
-from detox.errors import CheckpointError, ConfigError
+from detox.checkpoint import fingerprint_diffs, latest_checkpoint, read_state, saved_step
+from detox.errors import CheckpointError, ConfigError, Interrupted, RunStopped
 from detox.hub import looks_local
 from detox.overrides import hydra_overrides, override_key, under
 from detox.results import Results
-from detox.run_dir import HYDRA_CONFIG
+from detox.run_dir import FINAL_DIR, HYDRA_CONFIG
 from detox.schema import Config, validate
 from detox.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 # A re-evaluation (stage=eval/export) of a finished run takes these from its own command line;
 # everything else comes from the run's saved config.
@@ -58,8 +60,8 @@ def should_resume(resume: str, run_dir: str, has_checkpoint: bool, holds_run: bo
 class JobRecord:
     """results.json and the tracker of one job, in the manner of lightning-hydra-template's
     `task_wrapper`: an exception inside `with JobRecord(results) as job:` marks results.json
-    `failed` with the error, closes the tracker (`job.tracker`, once set) with exit code 1, and
-    propagates."""
+    `failed` with the error (or `interrupted` / `diverged` for a run stopped on purpose), closes
+    the tracker (`job.tracker`, once set) with a non-zero exit code, and propagates."""
 
     def __init__(self, results: Results):
         self.results = results
@@ -69,16 +71,19 @@ class JobRecord:
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:
-        if error is not None:
+        if isinstance(error, RunStopped):
+            self.results.stopped(error)
+        elif error is not None:
             self.results.failed(error)
-            if self.tracker is not None:
-                self.tracker.finish(1)
+        if error is not None and self.tracker is not None:
+            self.tracker.finish(1, preempted=isinstance(error, Interrupted))
         return False
 
 
 def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
     """A finished run's own config (with this command's `eval.*`, `device`, `logger.*` and
-    `objective.*` overrides on top) and its newest checkpoint. Errors before any model loads."""
+    `objective.*` overrides on top) and its checkpoint: `final/`, or with `allow_unfinished`
+    the newest one. Errors before any model loads."""
     run_dir = cfg.run_dir
     if not os.path.isdir(run_dir):
         raise ConfigError(f"run_dir={run_dir!r} does not exist; pass the run dir of a finished run "
@@ -89,6 +94,14 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise CheckpointError(f"run_dir={run_dir!r} holds no checkpoint (final/ or checkpoints/step-N/).")
+    step = saved_step(checkpoint)
+    if os.path.basename(checkpoint) != FINAL_DIR:
+        if not cfg.allow_unfinished:
+            raise CheckpointError(
+                f"run_dir={run_dir!r} is unfinished: it has no final/, its newest checkpoint is step {step} "
+                f"({checkpoint}). Finish the run (rerun its command with hydra.run.dir={run_dir}), or pass "
+                "allow_unfinished=true to use that checkpoint.")
+        log.warning("the run is unfinished: using its newest checkpoint, step %d (%s)", step, checkpoint)
     saved = OmegaConf.load(config_path)
     saved.output_dir = run_dir
     run_cfg = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in saved.items() if k != "hydra"})
@@ -102,7 +115,7 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
         raise ConfigError(f"the run's starting adapter policy.adapter={adapter!r} does not exist any more; "
                           "restore it to evaluate against the starting policy.")
     saved_fp = read_state(checkpoint).get("fingerprint")
-    diffs = fingerprint_diffs(saved_fp, fingerprint(run_cfg)) if saved_fp else {}
+    diffs = fingerprint_diffs(saved_fp, run_cfg) if saved_fp else {}
     if diffs:
         raise CheckpointError(f"checkpoint {checkpoint} was not made with {config_path} (they differ in "
                               f"{', '.join(diffs)}); restore the config the run was trained with.")

@@ -77,6 +77,7 @@ class RewardConfig:
     batch_size: int = 16
     max_length: int = 512
     device: Optional[str] = None  # null: the policy's device
+    clip: Optional[float] = None  # bound the score to [-clip, clip] (old TRL's score_clip); null: no bound
 
 
 @dataclass
@@ -115,6 +116,17 @@ class KLConfig:
     target: float = 6.0
     horizon: int = 10000
     estimator: KLEstimator = KLEstimator.k1
+    # Stop the run (status `diverged`) when objective/kl stays above this for ppo.guard.patience
+    # steps; null: never.
+    max: Optional[float] = 50.0
+
+
+@dataclass
+class GuardConfig:
+    """When training stops itself (status `diverged`)."""
+
+    max_consecutive_skips: int = 3  # consecutive updates skipped for non-finite values
+    patience: int = 3  # steps objective/kl may stay above ppo.kl.max
 
 
 @dataclass
@@ -137,8 +149,12 @@ class PPOConfig:
     max_grad_norm: Optional[float] = None
     whiten_rewards: bool = False
     target_approx_kl: Optional[float] = None  # stop the step's PPO epochs early past this
+    ratio_threshold: Optional[float] = None  # skip a mini-batch whose mean ratio exceeds this (old TRL's)
     kl: KLConfig = field(default_factory=KLConfig)
-    save_every: int = 0  # 0: only the final checkpoint
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    save_every: int = 0  # a checkpoint every N steps; 0: by time only
+    save_every_minutes: Optional[float] = 30.0  # a checkpoint when this much time passed since the last; null: never
+    keep_last: Optional[int] = 2  # keep the newest N checkpoints/step-<N> (final/ is kept); null: all
 
 
 @dataclass
@@ -207,6 +223,8 @@ class Config:
     seed: int = 42
     stage: Stage = Stage.ppo
     resume: str = "auto"  # auto | true | false
+    resume_allow: List[str] = field(default_factory=list)  # settings a resume may change (applied from then on)
+    allow_unfinished: bool = False  # stage=eval/export on a run without final/: use its newest checkpoint
     run_dir: Optional[str] = None  # for stage=eval/export: the finished run to use
     output_dir: str = MISSING  # set from Hydra's run dir
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -227,11 +245,20 @@ def asset_path(name: str = "") -> str:
     return str(resources.files("detox") / "assets" / name)
 
 
+def hydra_subdir(stage: str) -> str:
+    """Where Hydra keeps a job's config in its run dir: `.hydra`, and `.hydra-<stage>` for the
+    stages that read another run's `.hydra/` (and may be pointed at that run's dir)."""
+    stage = getattr(stage, "value", stage)  # the schema's enum, or the raw string
+    return ".hydra" if stage in ("ppo", "sft") else f".hydra-{stage}"
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="detox_schema", node=Config)
     if not OmegaConf.has_resolver("detox_asset"):
         OmegaConf.register_new_resolver("detox_asset", asset_path)
+    if not OmegaConf.has_resolver("detox_hydra_subdir"):
+        OmegaConf.register_new_resolver("detox_hydra_subdir", hydra_subdir)
 
 
 def _positive(cfg: Any, key: str, *, allow_zero: bool = False) -> None:
@@ -250,6 +277,11 @@ def validate(cfg: DictConfig) -> None:
                 "generation.max_new_tokens_max", "lora.r", "generation.temperature", "eval.num_samples", "eval.val_samples",
                 "eval.batch_size"):
         _positive(cfg, key)
+    for key in ("ppo.guard.max_consecutive_skips", "ppo.guard.patience"):
+        _positive(cfg, key)
+    for key in ("ppo.kl.max", "ppo.save_every_minutes", "ppo.keep_last", "ppo.ratio_threshold", "reward.clip"):
+        if OmegaConf.select(cfg, key) is not None:
+            _positive(cfg, key)
     for key in ("ppo.kl.init_coef", "ppo.save_every", "data.min_chars", "generation.min_length",
                 "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "ppo.value_warmup_steps", "data.test_size",
                 "data.val_size", "eval.every_n_steps", "eval.examples"):

@@ -47,6 +47,7 @@ from detox.policy import (TRAIN_ADAPTER, build_policy, count_parameters, load_ad
                           load_tokenizer)
 from detox.results import Results, model_provenance, provenance
 from detox.run_dir import FINAL_DIR, SFT_SAMPLES_FILE, SFT_TRAINER_DIR
+from detox.run_lock import RunLock
 from detox.runs import JobRecord, config_dict, should_resume
 from detox.sft_trainer import fine_tune, last_trainer_checkpoint, seq2seq_trainer
 from detox.tracking import Tracker
@@ -147,8 +148,13 @@ def run_sft(cfg: DictConfig) -> float:
 
     A finished artifact is never retrained (its ROUGE is re-measured unless results.json says
     the run is done); a trainer checkpoint is continued."""
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with RunLock(cfg.output_dir, "sft"):
+        return _run_sft(cfg)
+
+
+def _run_sft(cfg: DictConfig) -> float:
     run_dir = cfg.output_dir
-    os.makedirs(run_dir, exist_ok=True)
     artifact = os.path.join(run_dir, FINAL_DIR, "adapter" if cfg.lora.enabled else "model")
     if cfg.sft.lr_scheduler not in {t.value for t in SchedulerType}:
         raise ConfigError(f"sft.lr_scheduler={cfg.sft.lr_scheduler!r} is unknown; use one of "

@@ -3,25 +3,29 @@ layers define and hand them to each other. Hydra-free, so tests can call them di
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from omegaconf import DictConfig
 from transformers import set_seed
 
-from detox.atomic import atomic_write_json
-from detox.checkpoint import fingerprint, latest_checkpoint, load_checkpoint, load_trainable, read_state
+from detox.atomic import atomic_write_json, cut_jsonl_after
+from detox.checkpoint import latest_checkpoint, load_trainable, read_state, saved_step
 from detox.data import load_splits
 from detox.distributed import Distributed, resolve_device, use_main_run_dir
+from detox.errors import CheckpointError, DetoxError
 from detox.evaluation import Evaluator
 from detox.judges import build_judges
 from detox.overrides import hydra_overrides
 from detox.plots import plot_curves
 from detox.policy import build_policy, count_parameters, load_tokenizer
+from detox.preemption import StopSignals
 from detox.report import example_rows, ranking_judge
 from detox.results import Results, model_provenance, provenance
 from detox.reward import build_reward, check_reward_label
-from detox.run_dir import CURVES_FILE, EVAL_DIR, EXPORT_DIR, METRICS_FILE
+from detox.run_dir import CURVES_FILE, EVAL_DIR, EXPORT_DIR, METRICS_FILE, ROLLOUTS_FILE
+from detox.run_lock import RunLock
 from detox.runs import JobRecord, config_dict, load_run, should_resume
 from detox.schema import Stage, validate
 from detox.sft import run_sft
@@ -66,22 +70,49 @@ def _run_ppo(cfg: DictConfig, dist: Distributed) -> float | None:
         use_main_run_dir(cfg.output_dir, run_dir)
         cfg.output_dir = run_dir
     os.makedirs(run_dir, exist_ok=True)
-    resume_from = dist.broadcast_object(_resume_point(cfg, run_dir) if dist.is_main else None)
+    # One process per run dir: the main one holds the lock for the whole group.
+    lock = RunLock(run_dir, "ppo") if dist.is_main else contextlib.nullcontext()
+    with lock, StopSignals() as stop:
+        resume_from, error = None, None
+        if dist.is_main:
+            try:
+                resume_from = _resume_point(cfg, run_dir)
+            except DetoxError as e:
+                error = e
+        resume_from, message = dist.broadcast_object((resume_from, str(error) if error else None))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise CheckpointError(f"on the main process: {message}")
+        return _train_and_evaluate(cfg, dist, run_dir, resume_from, stop)
+
+
+def _train_and_evaluate(cfg: DictConfig, dist: Distributed, run_dir: str, resume_from: str | None,
+                        stop: StopSignals) -> float | None:
     config = config_dict(cfg)
-    results = Results(run_dir, hydra_overrides(), config) if dist.is_main else Results.muted()
+    results = (Results(run_dir, hydra_overrides(), config, saved_step(resume_from) if resume_from else None)
+               if dist.is_main else Results.muted())
     with JobRecord(results) as job:
         trainer, evaluator = build_ppo(cfg, dist)
         results.update(provenance=provenance(model_provenance(cfg, trainer.policy.config, trainer.reward)))
         # The starting policy is evaluated before any checkpoint loads (cached for resumes).
         baseline = evaluator.baseline(os.path.join(run_dir, EVAL_DIR)) if evaluator else None
         if resume_from:
-            trainer.load_state(load_checkpoint(resume_from, trainer.policy, trainer.optimizer, fingerprint(cfg)))
+            changed = trainer.resume(resume_from, list(cfg.resume_allow))
+            stop.step = trainer.step
             log.info("resumed from %s at step %d", resume_from, trainer.step)
+            if dist.is_main:
+                cut_jsonl_after(os.path.join(run_dir, ROLLOUTS_FILE), trainer.step)
+            if changed and dist.is_main:
+                log.warning("resume_allow: from step %d on, %s", trainer.step,
+                            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+                results.data["resumes"][-1]["changed"] = {k: list(v) for k, v in changed.items()}
+                results.write()
         tracker = job.tracker = (Tracker(cfg.logger, run_dir, config, start_step=trainer.step)
                                  if dist.is_main else Tracker.muted())
         if evaluator and cfg.eval.every_n_steps and trainer.step == 0 and evaluator.val is not None:
             tracker.log(evaluator.periodic()[0], 0)  # the curves' starting point
-        metrics = trainer.train(tracker, run_dir, evaluator)
+        metrics = trainer.train(tracker, run_dir, evaluator, stop)
         if not dist.is_main:
             return None
         plot_curves(read_metrics(run_dir), os.path.join(run_dir, CURVES_FILE))
@@ -144,6 +175,11 @@ def finish_eval(cfg: DictConfig, evaluator: Evaluator, baseline: dict, run_dir: 
 
 def run_eval(cfg: DictConfig) -> float | None:
     """Evaluate a finished run against its starting policy; rewrites `<run_dir>/eval/`."""
+    with RunLock(cfg.run_dir, "eval") if os.path.isdir(cfg.run_dir or "") else contextlib.nullcontext():
+        return _run_eval(cfg)
+
+
+def _run_eval(cfg: DictConfig) -> float | None:
     run_cfg, checkpoint = load_run(cfg)
     run_dir = cfg.run_dir
     device = resolve_device(run_cfg.device)
@@ -170,6 +206,11 @@ def run_eval(cfg: DictConfig) -> float | None:
 
 def run_export(cfg: DictConfig) -> None:
     """Merge a finished run's adapter into its base model and save a plain HF model."""
+    with RunLock(cfg.run_dir, "export") if os.path.isdir(cfg.run_dir or "") else contextlib.nullcontext():
+        _run_export(cfg)
+
+
+def _run_export(cfg: DictConfig) -> None:
     run_cfg, checkpoint = load_run(cfg)
     run_dir = cfg.run_dir
     policy = build_policy(run_cfg.policy, run_cfg.lora)

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from detox.atomic import cut_jsonl_after, read_jsonl
 from detox.run_dir import METRICS_FILE, WANDB_ID_FILE
 from detox.sweep import sweep_context
 
@@ -27,11 +28,7 @@ def wandb_mode(cfg: DictConfig) -> str:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(os.path.join(run_dir, METRICS_FILE))
 
 
 class Tracker:
@@ -42,8 +39,8 @@ class Tracker:
         (stage=eval adding its summary to a finished run)."""
         self.run_dir = run_dir
         self.path: str | None = os.path.join(run_dir, METRICS_FILE)
-        if start_step is not None:
-            self._truncate_after(start_step)
+        if start_step is not None:  # a resumed run logs each step once
+            cut_jsonl_after(self.path, start_step)
         self.run = None
         if cfg.backend == "wandb":
             self.run = self._init_wandb(cfg, config)
@@ -54,12 +51,6 @@ class Tracker:
         self = cls.__new__(cls)
         self.run_dir, self.path, self.run = None, None, None
         return self
-
-    def _truncate_after(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint so steps are not duplicated."""
-        rows = [r for r in read_metrics(self.run_dir) if r["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
 
     def _init_wandb(self, cfg: DictConfig, config: dict):
         import wandb
@@ -104,9 +95,12 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(values)
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
+        """Close the W&B run; `preempted`: marked so (it resumes under the same id)."""
         if self.run is None:
             return
+        if preempted:
+            self.run.mark_preempting()
         offline = self.run.settings.mode == "offline" or getattr(self.run, "offline", False)
         run_path = self.run.dir
         self.run.finish(exit_code=exit_code)

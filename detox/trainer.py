@@ -25,17 +25,20 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from detox import ppo
-from detox.checkpoint import decode_rng, encode_rng, fingerprint, save_checkpoint
+from detox.checkpoint import decode_rng, encode_rng, fingerprint, load_checkpoint, prune_checkpoints, save_checkpoint
 from detox.data import PromptSampler, sample_max_new_tokens
 from detox.distributed import Distributed, weights_checksum
 from detox.errors import CheckpointError
 from detox.evaluation import Evaluator
 from detox.generation import generation_config
+from detox.guards import DivergenceGuard, warn_if_kl_significantly_negative
 from detox.policy import Policy
+from detox.preemption import StopSignals
 from detox.reward import RewardModel
-from detox.rollout import Rollout, collect_rollout, forward_logprobs
+from detox.rollout import Rollout, collect_rollout
 from detox.run_dir import DISTRIBUTED_FILE, FINAL_DIR, ROLLOUTS_FILE, checkpoint_dir
 from detox.tracking import Tracker, read_metrics
+from detox.update import PPOUpdate
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ class PPOTrainer:
             # broadcast makes it certain), then each process samples under its own seed.
             dist.broadcast_parameters(self.trainable)
             set_seed(cfg.seed + 1_000_003 * dist.rank)
+        self.update = PPOUpdate(cfg, policy, self.optimizer, self.trainable, dist, device)
+        self.guard = DivergenceGuard(cfg.ppo)
         self.step = 0
         self.timings: dict[str, float] = {}
 
@@ -94,6 +99,7 @@ class PPOTrainer:
         state = {
             "step": self.step, "kl_coef": self.kl_ctl.value, "kl_controller": self.kl_ctl.state_dict(),
             "sampler": self.sampler.state_dict(), "length_rng": self.length_rng.bit_generator.state,
+            "guard": self.guard.state_dict(),
         }
         if self.dist.enabled:
             own = {"sampler": state["sampler"], "length_rng": state["length_rng"],
@@ -113,6 +119,7 @@ class PPOTrainer:
             )
         self.step = state["step"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.guard.load_state_dict(state.get("guard", {}))
         own = state["ranks"][self.dist.rank] if self.dist.enabled else state
         self.sampler.load_state_dict(own["sampler"])
         self.length_rng.bit_generator.state = own["length_rng"]
@@ -120,6 +127,24 @@ class PPOTrainer:
             torch.set_rng_state(decode_rng(own["torch_rng"]))
         if "cuda_rng" in own and self.device.type == "cuda":
             torch.cuda.set_rng_state(decode_rng(own["cuda_rng"]), self.device)
+
+    def resume(self, path: str, allow=()) -> dict[str, tuple]:
+        """Continue from checkpoint `path`: weights, optimizer, RNG and trainer state. Returns the
+        setting changes `allow` let through (see `checkpoint.check_resumable`), applied for real."""
+        state, allowed = load_checkpoint(path, self.policy, self.optimizer, self.cfg, allow)
+        self.load_state(state)
+        self.apply_settings()
+        self.guard.last_good_checkpoint = path
+        return allowed
+
+    def apply_settings(self) -> None:
+        """The config's learning rates, Adam epsilon and fixed KL coefficient, over what a loaded
+        checkpoint restored (equal unless a resume was allowed to change them)."""
+        cfg = self.ppo_cfg
+        for group, lr in zip(self.optimizer.param_groups, (cfg.learning_rate, cfg.value_learning_rate or cfg.learning_rate)):
+            group["lr"], group["eps"] = lr, cfg.adam_eps
+        if cfg.kl.controller.value == "fixed":
+            self.kl_ctl.value = float(cfg.kl.init_coef)
 
     def rank_report(self) -> dict:
         """This process's facts for `distributed.json`: optimizer steps taken, a checksum of its
@@ -142,103 +167,35 @@ class PPOTrainer:
         r = collect_rollout(
             self.policy, self.tokenizer, self.reward, list(rows["prompt"]), ids, caps, gen_config=self.gen_config,
             max_input_tokens=self.cfg.data.max_input_tokens, generate_chunk=gen.batch_size,
-            forward_chunk=self.micro_batch_size, device=self.device, timings=self.timings)
+            forward_chunk=self.update.micro_batch_size, device=self.device, timings=self.timings)
         r.rank = self.dist.rank if self.dist.enabled else None
+        if self.cfg.reward.clip is not None:  # old TRL's score_clip
+            r.scores = r.scores.clamp(-self.cfg.reward.clip, self.cfg.reward.clip)
         return r
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.ppo_cfg.mini_batch_size // self.ppo_cfg.gradient_accumulation_steps
-
-    # ---------------------------------------------------------------- optimisation
-    def advantages(self, r: Rollout) -> dict[str, torch.Tensor]:
-        kl_coef = self.kl_ctl.value
-        kl = ppo.kl_penalty(r.logprobs, r.ref_logprobs, self.ppo_cfg.kl.estimator.value) * r.mask
-        rewards = ppo.kl_penalized_rewards(r.scores, kl, r.mask, kl_coef)
-        if self.ppo_cfg.whiten_rewards:
-            rewards = self._whiten(rewards, r.mask, shift_mean=False)
-        advantages, returns = ppo.compute_advantages(self.ppo_cfg.advantage.value, rewards, r.mask, values=r.values,
-                                                     gamma=self.ppo_cfg.gamma, lam=self.ppo_cfg.lam)
-        advantages = self._whiten(advantages, r.mask)
-        return {"advantages": advantages, "returns": returns, "kl": kl, "kl_coef": kl_coef}
-
-    def _whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-        """`ppo.masked_whiten` with the statistics of the global batch (every process's)."""
-        if not self.dist.enabled:
-            return ppo.masked_whiten(x, mask, shift_mean=shift_mean)
-        mean, var = self.dist.masked_moments(x, mask)
-        return ppo.masked_whiten(x, mask, shift_mean=shift_mean, mean=mean, var=var)
-
-    def optimise(self, r: Rollout, adv: dict) -> dict[str, float]:
-        cfg = self.ppo_cfg
-        batch = r.model_inputs()
-        accum, micro = cfg.gradient_accumulation_steps, self.micro_batch_size
-        # Detached 0-dim tensors, read back once after the loop (no host sync per micro-batch).
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                                ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.step)
-        warmup = self.step < cfg.value_warmup_steps
-        epochs_done = 0
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(r.prompts), generator=generator).to(self.device)
-            epoch_start = len(stats["approxkl"])
-            for start in range(0, len(order), cfg.mini_batch_size):
-                self.optimizer.zero_grad(set_to_none=True)
-                minibatch = order[start : start + cfg.mini_batch_size]
-                for m in range(0, len(minibatch), micro):
-                    rows = minibatch[m : m + micro]
-                    _, logprobs, values = forward_logprobs(self.policy, batch, rows, detach_values=warmup)
-                    mask = r.mask[rows]
-                    pg_loss, pg_stats = ppo.policy_loss(
-                        logprobs, r.logprobs[rows], adv["advantages"][rows], mask, cfg.cliprange
-                    )
-                    vf_loss, vf_stats = ppo.value_loss(
-                        values, r.values[rows], adv["returns"][rows], mask, cfg.cliprange_value
-                    )
-                    (((0.0 if warmup else pg_loss) + cfg.vf_coef * vf_loss) / accum).backward()
-                    stats["policy"].append(pg_loss.detach())
-                    stats["value"].append(vf_loss.detach())
-                    stats["approxkl"].append(pg_stats["approxkl"])
-                    stats["clipfrac"].append(pg_stats["clipfrac"])
-                    stats["vf_clipfrac"].append(vf_stats["clipfrac"])
-                    stats["ratio"].append(ppo.masked_mean(torch.exp(logprobs.detach() - r.logprobs[rows]), mask))
-                self.dist.average_gradients(self.trainable)
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-                self.optimizer.step()
-            epochs_done += 1
-            # Every process must take the same decision: the global mean approx-KL decides.
-            if cfg.target_approx_kl:
-                approxkl = self.dist.mean(float(torch.stack(stats["approxkl"][epoch_start:]).mean()))
-                if approxkl > cfg.target_approx_kl:
-                    break
-        means = {k: torch.stack(v).double() for k, v in stats.items()}
-        return {
-            "ppo/loss/policy": float(means["policy"].mean()),
-            "ppo/loss/value": float(means["value"].mean()),
-            "ppo/policy/approxkl": float(means["approxkl"].mean()),
-            "ppo/policy/clipfrac": float(means["clipfrac"].mean()),
-            "ppo/policy/ratio_mean": float(means["ratio"].mean()),
-            "ppo/value/clipfrac": float(means["vf_clipfrac"].mean()),
-            "ppo/epochs": epochs_done,
-        }
 
     def train_step(self) -> tuple[dict[str, float], Rollout]:
         """One PPO iteration (rollout, advantages, optimisation, KL controller); `self.step` + 1."""
         t0 = time.perf_counter()
         r = self.rollout(self.sampler.next_indices())
-        adv = self.advantages(r)
+        adv = self.update.advantages(r, self.kl_ctl.value)
         t1 = time.perf_counter()
-        stats = self.optimise(r, adv)
+        problem = self.update.rollout_problem(r)
+        if problem is None:
+            stats, skipped = self.update.optimise(r, adv, self.step)
+        else:  # whitening spreads one NaN over the batch: none of the step's updates can be trusted
+            stats, skipped = {"ppo/epochs": 0, "ppo/skipped_minibatches": self.update.updates_per_step}, [problem]
         self.timings["perf/optimise_s"] = time.perf_counter() - t1
+        self.guard.updates(skipped, self.step + 1)
+        self.guard.weights(bool(torch.stack([torch.isfinite(p).all() for p in self.trainable]).all()), self.step + 1)
         mask = r.mask
         scores, kl_per_seq = r.scores, r.kl_per_seq
         if self.dist.enabled:  # the global batch's (every process's); the KL controller steps on them
             scores, kl_per_seq = self.dist.gather(torch.stack([scores.float(), kl_per_seq.float()], 1)).unbind(1)
         kl_mean = float(kl_per_seq.mean())
-        self.kl_ctl.update(kl_mean, self.ppo_cfg.batch_size * self.dist.world_size)
+        if math.isfinite(kl_mean):
+            self.kl_ctl.update(kl_mean, self.ppo_cfg.batch_size * self.dist.world_size)
         if self.dist.is_main:
-            self._warn_negative_kl(kl_per_seq)
+            warn_if_kl_significantly_negative(kl_per_seq, self.step)
         step_time = time.perf_counter() - t0
         lengths = mask.sum(1)
         ended = (r.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1) == self.policy.config.eos_token_id)
@@ -261,35 +218,51 @@ class PPOTrainer:
         }
         if self.dist.enabled:
             metrics = self._global_metrics(metrics, exact=("env/reward_mean", "env/reward_std", "objective/kl",
-                                                           "objective/kl_coef", "ppo/epochs"))
+                                                           "objective/kl_coef", "ppo/epochs", "ppo/skipped_minibatches"))
         self.step += 1
         return metrics, r
 
     # ---------------------------------------------------------------- the loop
-    def train(self, tracker: Tracker, run_dir: str, evaluator: Evaluator | None = None) -> dict[str, float]:
+    def train(self, tracker: Tracker, run_dir: str, evaluator: Evaluator | None = None,
+              stop: StopSignals | None = None) -> dict[str, float]:
         """PPO steps from `self.step` to `ppo.steps`: each step's metrics to `tracker`, its
         responses to rollouts.jsonl; validation every `eval.every_n_steps` (when `evaluator`
-        has a validation subset); a checkpoint every `ppo.save_every` steps; `final/` at the
-        end. Returns the last step's metrics. Data-parallel: every process calls it."""
+        has a validation subset); a checkpoint every `ppo.save_every` steps or
+        `ppo.save_every_minutes`, the newest `ppo.keep_last` kept; `final/` at the end.
+        A stop signal (`stop`, see detox/preemption.py) ends the step, writes a checkpoint and
+        raises `Interrupted`; the guards raise `Diverged`. Returns the last step's metrics.
+        Data-parallel: every process calls it, and they stop at the same step."""
         ppo_cfg = self.ppo_cfg
+        stop = stop or StopSignals()  # not entered: no handlers, never set
         every = self.cfg.eval.every_n_steps if evaluator is not None and evaluator.val is not None else 0
         metrics: dict = {}
+        last_save = time.monotonic()
         bar = tqdm(total=ppo_cfg.steps, initial=self.step, desc="PPO", unit="step", dynamic_ncols=True,
                    disable=not self.dist.is_main)
-        while self.step < ppo_cfg.steps:
-            metrics, rollout = self.train_step()
-            if every and self.step % every == 0:
-                val_metrics, table = evaluator.periodic()
-                metrics = {**metrics, **val_metrics}
-                tracker.log_table("val/samples", table, self.step)
-            tracker.log(metrics, self.step)
-            self.append_rollouts(run_dir, rollout)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['env/reward_mean']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
-                            len=f"{metrics['response/length_mean']:.1f}")
-            if ppo_cfg.save_every and self.step % ppo_cfg.save_every == 0 and self.step < ppo_cfg.steps:
-                self.save(checkpoint_dir(run_dir, self.step))
-        bar.close()
+        stop.deferring, stop.step = True, self.step
+        try:
+            while self.step < ppo_cfg.steps:
+                metrics, rollout = self.train_step()
+                stop.step = self.step
+                if every and self.step % every == 0:
+                    val_metrics, table = evaluator.periodic()
+                    metrics = {**metrics, **val_metrics}
+                    tracker.log_table("val/samples", table, self.step)
+                tracker.log(metrics, self.step)
+                self.append_rollouts(run_dir, rollout)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['env/reward_mean']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
+                                len=f"{metrics['response/length_mean']:.1f}")
+                self.guard.metrics(metrics, self.step)
+                if self._any_process(stop.received is not None):
+                    path = self.save(checkpoint_dir(run_dir, self.step), run_dir)
+                    raise stop.interrupted(path)
+                if self._save_due(last_save):
+                    self.save(checkpoint_dir(run_dir, self.step), run_dir)
+                    last_save = time.monotonic()
+        finally:
+            stop.deferring = False
+            bar.close()
         if not metrics:  # resumed a run that had already finished its steps
             metrics = {k: v for k, v in (read_metrics(run_dir) or [{}])[-1].items() if k != "step"}
         self.dist.record(os.path.join(run_dir, DISTRIBUTED_FILE), self.rank_report, steps=self.step,
@@ -298,11 +271,32 @@ class PPOTrainer:
         self.save(os.path.join(run_dir, FINAL_DIR))
         return metrics
 
-    def save(self, path: str) -> None:
-        """A checkpoint of this step (data-parallel: a collective; the main process writes)."""
+    def _any_process(self, flag: bool) -> bool:
+        """Whether `flag` holds on any process (one all-reduce when data-parallel)."""
+        return self.dist.sum(float(flag)) > 0 if self.dist.enabled else flag
+
+    def _save_due(self, last_save: float) -> bool:
+        cfg = self.ppo_cfg
+        if self.step >= cfg.steps:  # final/ follows
+            return False
+        due = bool(cfg.save_every and self.step % cfg.save_every == 0)
+        due |= bool(cfg.save_every_minutes and time.monotonic() - last_save >= 60 * cfg.save_every_minutes)
+        return self._any_process(due)
+
+    def save(self, path: str, run_dir: str | None = None) -> str:
+        """A checkpoint of this step (data-parallel: a collective; the main process writes).
+        Never of non-finite weights. With `run_dir`, older `checkpoints/step-<N>` beyond
+        `ppo.keep_last` are deleted afterwards."""
+        finite = bool(torch.stack([torch.isfinite(p).all() for p in self.trainable]).all())
+        self.guard.weights(finite, self.step)
         state = {**self.state(), "fingerprint": fingerprint(self.cfg)}
         if self.dist.is_main:
             save_checkpoint(path, self.policy, self.optimizer, state)
+            if run_dir is not None:
+                for old in prune_checkpoints(run_dir, self.ppo_cfg.keep_last):
+                    log.info("deleted %s (ppo.keep_last=%s)", old, self.ppo_cfg.keep_last)
+        self.guard.last_good_checkpoint = path
+        return path
 
     def append_rollouts(self, run_dir: str, r: Rollout) -> None:
         """Every sampled response of this step with its score and KL, so a user can read what
@@ -323,18 +317,3 @@ class PPOTrainer:
         out = {**metrics, **dict(zip(keys, means.tolist()))}
         out["perf/samples_per_s"] *= self.dist.world_size
         return out
-
-    def _warn_negative_kl(self, k1_per_seq: torch.Tensor) -> None:
-        """Sampling settings such as min_length bias the k1 estimate negative; only a mean
-        beyond two standard errors below zero says the estimate (or the setup) is off."""
-        n = len(k1_per_seq)
-        if n < 2:
-            return
-        mean, se = float(k1_per_seq.mean()), float(k1_per_seq.std()) / math.sqrt(n)
-        if mean < -2 * se and mean < -1e-3:
-            log.warning(
-                "step %d: mean KL %.3f is significantly negative (standard error %.3f). Logits "
-                "processors such as generation.min_length / top_k / top_p sample from a different "
-                "distribution than the policy's log-probs describe, which biases k1 below zero.",
-                self.step, mean, se,
-            )

@@ -11,9 +11,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "detox"
 
 LAYERS = {
     0: ["errors", "atomic", "run_dir", "overrides", "ppo", "eval_metrics", "schema"],
-    1: ["hub", "plots", "results", "checkpoint", "distributed", "sweep", "tracking"],
+    1: ["hub", "plots", "results", "checkpoint", "distributed", "sweep", "tracking", "preemption", "run_lock",
+        "guards"],
     2: ["data", "policy", "reward", "judges", "generation"],
-    3: ["rollout", "trainer", "report", "report_files", "evaluation", "sft_trainer"],
+    3: ["rollout", "update", "trainer", "report", "report_files", "evaluation", "sft_trainer"],
     4: ["runs"],
     5: ["sft", "stages"],
     6: ["cli", "__main__", "sweep_jobs", "sweep_summary"],

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from detox import ppo
 from detox.checkpoint import CheckpointError
 from detox.data import load_splits
+from detox.guards import warn_if_kl_significantly_negative
 from detox.policy import build_policy, load_tokenizer
 from detox.reward import build_reward
 from detox.stages import run_ppo
@@ -85,7 +86,7 @@ def test_kl_is_added_per_token_and_score_on_last_token(tiny_overrides, tmp_path)
     trainer = make_trainer(tiny_overrides, tmp_path)
     r = trainer.rollout(trainer.sampler.next_indices())
     r.ref_logprobs = r.logprobs - 0.5 * r.mask  # pretend: k1 = 0.5 on every response token
-    adv = trainer.advantages(r)
+    adv = trainer.update.advantages(r, trainer.kl_ctl.value)
     assert adv["kl"].sum(1).tolist() == pytest.approx((0.5 * r.mask.sum(1)).tolist(), abs=1e-5)
 
 
@@ -107,7 +108,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_overrides, tmp_path):
     assert os.path.isdir(resumed / "checkpoints" / "step-1")
     assert json.load(open(resumed / "final" / "trainer_state.json"))["step"] == 3
 
-    with pytest.raises(CheckpointError, match=r"does not match this config.*lora"):
+    with pytest.raises(CheckpointError, match=r"other settings.*lora.r: 16 in the checkpoint, 8 now.*cannot change"):
         run_ppo(make_cfg([*base, "ppo.steps=4", "lora.r=8"], output_dir=str(resumed)))
     with pytest.raises(CheckpointError, match="resume=false"):
         run_ppo(make_cfg([*base, "ppo.steps=4", "resume=false"], output_dir=str(resumed)))
@@ -125,18 +126,17 @@ def test_failed_run_is_marked_failed(tiny_overrides, tmp_path):
 def test_gae_and_whitening_use_only_response_tokens(tiny_overrides, tmp_path):
     trainer = make_trainer(tiny_overrides, tmp_path)
     r = trainer.rollout(trainer.sampler.next_indices())
-    adv = trainer.advantages(r)
+    adv = trainer.update.advantages(r, trainer.kl_ctl.value)
     m = r.mask.bool()
     assert (adv["advantages"][~m] == 0).all()
     assert abs(float(ppo.masked_mean(adv["advantages"], r.mask))) < 1e-5
 
 
-def test_negative_kl_warns_only_when_significant(tiny_overrides, tmp_path, caplog):
-    trainer = make_trainer(tiny_overrides, tmp_path)
-    with caplog.at_level("WARNING", logger="detox.trainer"):
-        trainer._warn_negative_kl(torch.tensor([-0.1, 0.2, -0.3, 0.1, 0.05, -0.02]))  # noise around 0
+def test_negative_kl_warns_only_when_significant(caplog):
+    with caplog.at_level("WARNING", logger="detox.guards"):
+        warn_if_kl_significantly_negative(torch.tensor([-0.1, 0.2, -0.3, 0.1, 0.05, -0.02]), 1)  # noise around 0
         assert not caplog.records
-        trainer._warn_negative_kl(torch.tensor([-2.0, -2.2, -1.9, -2.1, -2.05, -1.95]))
+        warn_if_kl_significantly_negative(torch.tensor([-2.0, -2.2, -1.9, -2.1, -2.05, -1.95]), 1)
     assert "significantly negative" in caplog.text and "min_length" in caplog.text
 
 

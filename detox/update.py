@@ -1,0 +1,143 @@
+"""The learning half of a PPO step: advantages from a rollout, then `ppo_epochs` passes of
+clipped policy + value updates over shuffled mini-batches, skipping any update whose values
+are not finite (detox/guards.py counts the skips).
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from detox import ppo
+from detox.distributed import Distributed
+from detox.policy import Policy
+from detox.rollout import Rollout, forward_logprobs
+
+
+class PPOUpdate:
+    def __init__(self, cfg: DictConfig, policy: Policy, optimizer: torch.optim.Optimizer,
+                 trainable: list[torch.nn.Parameter], dist: Distributed, device: torch.device):
+        self.ppo_cfg, self.seed = cfg.ppo, cfg.seed
+        self.policy, self.optimizer, self.trainable, self.dist, self.device = policy, optimizer, trainable, dist, device
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.ppo_cfg.mini_batch_size // self.ppo_cfg.gradient_accumulation_steps
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.ppo_cfg.ppo_epochs * (self.ppo_cfg.batch_size // self.ppo_cfg.mini_batch_size)
+
+    def advantages(self, r: Rollout, kl_coef: float) -> dict[str, torch.Tensor]:
+        """Per-token KL penalty, KL-penalised rewards, then the configured estimator's (whitened)
+        advantages and returns, all [B, T] (and `kl_coef`)."""
+        kl = ppo.kl_penalty(r.logprobs, r.ref_logprobs, self.ppo_cfg.kl.estimator.value) * r.mask
+        rewards = ppo.kl_penalized_rewards(r.scores, kl, r.mask, kl_coef)
+        if self.ppo_cfg.whiten_rewards:
+            rewards = self._whiten(rewards, r.mask, shift_mean=False)
+        advantages, returns = ppo.compute_advantages(self.ppo_cfg.advantage.value, rewards, r.mask, values=r.values,
+                                                     gamma=self.ppo_cfg.gamma, lam=self.ppo_cfg.lam)
+        advantages = self._whiten(advantages, r.mask)
+        return {"advantages": advantages, "returns": returns, "kl": kl, "kl_coef": kl_coef}
+
+    def _whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+        """`ppo.masked_whiten` with the statistics of the global batch (every process's)."""
+        if not self.dist.enabled:
+            return ppo.masked_whiten(x, mask, shift_mean=shift_mean)
+        mean, var = self.dist.masked_moments(x, mask)
+        return ppo.masked_whiten(x, mask, shift_mean=shift_mean, mean=mean, var=var)
+
+    def optimise(self, r: Rollout, adv: dict, step: int) -> tuple[dict[str, float], list[str | None]]:
+        """`ppo_epochs` passes over shuffled mini-batches. Returns the step's statistics and, per
+        update, None (applied) or why it was skipped (see detox/guards.py)."""
+        cfg = self.ppo_cfg
+        batch = r.model_inputs()
+        accum, micro = cfg.gradient_accumulation_steps, self.micro_batch_size
+        # Detached 0-dim tensors, read back once after the loop (no host sync per micro-batch).
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                                ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
+        skipped: list[str | None] = []
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + step)
+        warmup = step < cfg.value_warmup_steps
+        epochs_done = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(r.prompts), generator=generator).to(self.device)
+            epoch_start = len(stats["approxkl"])
+            for start in range(0, len(order), cfg.mini_batch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                minibatch = order[start : start + cfg.mini_batch_size]
+                first = len(stats["policy"])
+                for m in range(0, len(minibatch), micro):
+                    rows = minibatch[m : m + micro]
+                    _, logprobs, values = forward_logprobs(self.policy, batch, rows, detach_values=warmup)
+                    mask = r.mask[rows]
+                    pg_loss, pg_stats = ppo.policy_loss(
+                        logprobs, r.logprobs[rows], adv["advantages"][rows], mask, cfg.cliprange
+                    )
+                    vf_loss, vf_stats = ppo.value_loss(
+                        values, r.values[rows], adv["returns"][rows], mask, cfg.cliprange_value
+                    )
+                    (((0.0 if warmup else pg_loss) + cfg.vf_coef * vf_loss) / accum).backward()
+                    stats["policy"].append(pg_loss.detach())
+                    stats["value"].append(vf_loss.detach())
+                    stats["approxkl"].append(pg_stats["approxkl"])
+                    stats["clipfrac"].append(pg_stats["clipfrac"])
+                    stats["vf_clipfrac"].append(vf_stats["clipfrac"])
+                    stats["ratio"].append(ppo.masked_mean(torch.exp(logprobs.detach() - r.logprobs[rows]), mask))
+                self.dist.average_gradients(self.trainable)
+                reason, grad_norm = self._check_update(
+                    torch.stack(stats["policy"][first:] + stats["value"][first:]), torch.stack(stats["ratio"][first:]))
+                skipped.append(reason)
+                if reason is not None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                if cfg.max_grad_norm:  # = clip_grad_norm_, with the norm already taken
+                    torch.nn.utils.clip_grads_with_norm_(self.trainable, cfg.max_grad_norm, grad_norm)
+                self.optimizer.step()
+            epochs_done += 1
+            # Every process must take the same decision: the global mean approx-KL decides.
+            if cfg.target_approx_kl:
+                approxkl = self.dist.mean(float(torch.stack(stats["approxkl"][epoch_start:]).mean()))
+                if approxkl > cfg.target_approx_kl:
+                    break
+        means = {k: torch.stack(v).double() for k, v in stats.items()}
+        return {
+            "ppo/loss/policy": float(means["policy"].mean()),
+            "ppo/loss/value": float(means["value"].mean()),
+            "ppo/policy/approxkl": float(means["approxkl"].mean()),
+            "ppo/policy/clipfrac": float(means["clipfrac"].mean()),
+            "ppo/policy/ratio_mean": float(means["ratio"].mean()),
+            "ppo/value/clipfrac": float(means["vf_clipfrac"].mean()),
+            "ppo/epochs": epochs_done,
+            "ppo/skipped_minibatches": sum(reason is not None for reason in skipped),
+        }, skipped
+
+    def _check_update(self, losses: torch.Tensor, ratios: torch.Tensor) -> tuple[str | None, torch.Tensor]:
+        """Why this mini-batch's update must be skipped (None: apply it), and its gradient norm.
+        One host sync; data-parallel, every process takes the same decision."""
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        loss_ok, norm_ok, ratio = torch.stack([losses.isfinite().all().to(norm.dtype), norm.isfinite().to(norm.dtype),
+                                               ratios.mean().to(norm.dtype)]).tolist()
+        threshold = self.ppo_cfg.ratio_threshold
+        reason = None
+        if not loss_ok:
+            reason = "a non-finite loss"
+        elif not norm_ok:
+            reason = f"a non-finite gradient norm ({float(norm)})"
+        elif threshold is not None and ratio > threshold:
+            reason = f"mean ratio {ratio:.3g} > ppo.ratio_threshold={threshold:g}"
+        if self.dist.enabled and self.dist.sum(float(reason is not None)) > 0 and reason is None:
+            reason = "a non-finite value or a ratio past the threshold on another process"
+        return reason, norm
+
+    def rollout_problem(self, r: Rollout) -> str | None:
+        """What in a rollout is not finite (scores, or log-probs / values on response tokens)."""
+        m = r.mask.bool()
+        parts = {"reward-model scores": r.scores, "policy log-probs": r.logprobs[m],
+                 "reference log-probs": r.ref_logprobs[m], "values": r.values[m]}
+        finite = torch.stack([torch.isfinite(t).all() for t in parts.values()]).tolist()
+        bad = [name for name, ok in zip(parts, finite) if not ok]
+        if self.dist.enabled and self.dist.sum(float(bool(bad))) > 0 and not bad:
+            bad = ["values on another process"]
+        return f"non-finite {', '.join(bad)} in the rollout" if bad else None
