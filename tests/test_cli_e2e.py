@@ -13,10 +13,12 @@ from wandb_offline import read_run
 
 from detox.schema import asset_path
 
-# The whole preset (about 100 s): with fewer steps, the batch-to-batch share of heated
-# prompts (8 of 32 on average) moves env/reward_mean more than learning does.
-E2E_STEPS = 60
-E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=30"]
+# A third of the preset, with a smaller evaluation: every file and wire of a real run. That
+# training improves the reward is checked on the whole preset (tests/test_quickstart_targets.py,
+# `pytest -m slow`): in 20 steps the batch-to-batch share of heated prompts moves
+# env/reward_mean more than learning does.
+E2E_STEPS = 20
+E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=10", "eval.num_samples=64", "eval.val_samples=32"]
 METRICS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
            "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl", "ppo/policy/clipfrac",
            "ppo/value/explained_variance", "ppo/returns/mean", "response/length_mean", "perf/step_time_s",
@@ -37,7 +39,7 @@ def test_run_dir_has_every_file(quickstart_run):
     run_dir, out = quickstart_run
     for name in ["metrics.jsonl", "curves.png", "results.json", "rollouts.jsonl", ".hydra/config.yaml",
                  "final/adapter/adapter_config.json", "final/value_head.safetensors", "final/trainer_state.json",
-                 "checkpoints/step-30/adapter/adapter_model.safetensors"]:
+                 "checkpoints/step-10/adapter/adapter_model.safetensors", "checkpoints/step-10/manifest.json"]:
         assert (run_dir / name).exists(), name
     assert str(run_dir) in out.stdout  # tells the user where the outputs went
     results = json.load(open(run_dir / "results.json"))
@@ -55,16 +57,6 @@ def test_run_dir_has_every_file(quickstart_run):
         "eval/delta/profanity/toxic_rate"]
     assert "eval/after/rougeL" in results["eval_val"] and isinstance(results["objective"], float)
     assert json.load(open(run_dir / "final/trainer_state.json"))["step"] == E2E_STEPS
-
-
-def test_reward_improves(quickstart_run):
-    """Last quarter of steps beats the first quarter. The margin is half of what seeds 0, 1, 2
-    of the preset gained (0.133, 0.133, 0.124): the reward is P(nothate), about 0 / 1 per
-    insulting / clean summary, and a quarter of the prompts are heated."""
-    run_dir, _ = quickstart_run
-    reward = np.array([r["env/reward_mean"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "env/reward_mean" in r])
-    q = len(reward) // 4
-    assert reward[-q:].mean() - reward[:q].mean() > 0.06, reward.round(2).tolist()
 
 
 def test_saved_adapter_reloads_and_generates(quickstart_run):
@@ -111,9 +103,13 @@ def test_export_merges_the_adapter(quickstart_run, tmp_path):
 def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl"))
+    hydra_config = (run_dir / ".hydra" / "config.yaml").read_text()
+    # in the run's own dir: its .hydra/ (which eval reads) is left alone
     out = run_detox(["stage=eval", f"run_dir={run_dir}", "eval.num_samples=40", "eval.judges=[profanity]",
-                   "logger=none", f"hydra.run.dir={tmp_path / 'eval-job'}"], cwd=tmp_path)
+                   "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == hydra_config
+    assert (run_dir / ".hydra-eval" / "config.yaml").exists() and not (run_dir / "detox.lock").exists()
     rows = [json.loads(line) for line in open(run_dir / "eval" / "samples.jsonl")]
     assert len(rows) == 40 and set(rows[0]["after"]["toxicity"]) == {"profanity"}
     assert max(abs(r["before"]["kl"]) for r in rows) < 1e-4 < np.mean([r["after"]["kl"] for r in rows])
