@@ -144,14 +144,26 @@ def save_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, state: 
         raise ValueError(f"refusing to save a checkpoint with non-finite weights ({', '.join(bad[:3])}, ...)")
     with atomic_dir(path) as tmp:
         policy.save_adapter(os.path.join(tmp, "adapter"))
-        save_file(policy.value_head.state_dict(), os.path.join(tmp, "value_head.safetensors"))
-        save_file(trainable, os.path.join(tmp, "trainable.safetensors"))
+        _save_tensors(policy.value_head.state_dict(), os.path.join(tmp, "value_head.safetensors"))
+        _save_tensors(trainable, os.path.join(tmp, "trainable.safetensors"))
         torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
         files = {"adapter": "adapter", "value_head": "value_head.safetensors",
                  "trainable": "trainable.safetensors", "optimizer": "optimizer.pt", "rng": "rng.pt"}
         atomic_write_json(os.path.join(tmp, STATE_FILE), {**state, "files": files})
         atomic_write_json(os.path.join(tmp, MANIFEST_FILE), {"files": _file_facts(tmp)})
+
+
+def _save_tensors(tensors: dict, path: str) -> None:
+    """safetensors' save_file, its I/O failures as the OSError they are (a full disk says so)."""
+    try:
+        save_file(tensors, path)
+    except Exception as e:  # safetensors' Rust errors carry the OS error only in their text
+        found = re.search(r"os error (\d+)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), path) from e
 
 
 def _sha256(path: str) -> str:

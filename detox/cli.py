@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,18 +43,76 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(e, Interrupted) and e.chain is not None:
             e.chain()  # the launcher's own handler (submitit requeues the job), once the checkpoint is safe
         sys.exit(e.exit_code)
-    except DetoxError as e:
-        # A user error: say what is wrong and how to fix it, without a traceback.
-        log.error("%s: %s", type(e).__name__, e)
-        if not _in_multirun():
-            sys.exit(2)
-        _record_failure(cfg, e)
-        raise
+    except (DetoxError, OSError) as e:
+        # A user error (exit 2), or the disk / file system refusing (exit 1): one line that says
+        # what is wrong and how to fix it; the traceback goes to detox.log only.
+        code = 2 if isinstance(e, DetoxError) else 1
+        _one_line(e)
+        if _in_multirun():
+            _record_failure(cfg, e)
+            raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(code)
     except Exception as e:
         if _in_multirun():
             log.exception("%s: %s", type(e).__name__, e)
             _record_failure(cfg, e)
         raise
+
+
+def _one_line(error: BaseException) -> None:
+    """The error on stderr as one line, and with its traceback in the run's log file."""
+    if isinstance(error, OSError) and not isinstance(error, DetoxError):
+        text = f"{error.strerror or error} writing {error.filename or 'a file'}" if error.filename else str(error)
+        hint = {errno.ENOSPC: "free some space, or point hydra.run.dir at another disk",
+                errno.EDQUOT: "free some quota, or point hydra.run.dir at another disk",
+                errno.EROFS: "point hydra.run.dir at a writable folder",
+                errno.EACCES: "point hydra.run.dir at a folder you can write to"}.get(error.errno, "check the path")
+        message = f"OSError: {text}; {hint}. Checkpoints are written atomically: the newest one on disk is whole."
+    else:
+        message = f"{type(error).__name__}: {error}".replace("\n", " ")
+    print(f"detox: {message}", file=sys.stderr)
+    record = logging.LogRecord("detox", logging.ERROR, __file__, 0, message, None,
+                               (type(error), error, error.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+class RunDirCheck(Callback):
+    """A Hydra callback (conf/config.yaml `hydra.callbacks`): the run or sweep dir must be a folder
+    this process can write, checked before Hydra creates it and opens its log there (Hydra's
+    own failures there are tracebacks)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _check_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _check_writable_dir(path: str, key: str) -> None:
+    path = os.path.abspath(str(path))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing} is a file, not a folder" if existing == path else f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        probe = os.path.join(existing, f".detox-write-test-{os.getpid()}")
+        try:
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            problem = f"{existing} cannot be written ({e.strerror})"
+    if problem:
+        print(f"detox: {key}={path}: {problem}; point {key} at a folder you can write to.", file=sys.stderr)
+        sys.exit(2)
 
 
 def _report_stop(cfg: DictConfig, stop: RunStopped) -> None:

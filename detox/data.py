@@ -4,6 +4,7 @@ Filter, split and length caps follow the recipe (docs/design.md, section 1)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator
 
@@ -11,9 +12,10 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from omegaconf import DictConfig
 
-from detox.errors import DataError
+from detox.errors import ConfigError, DataError
 from detox.hub import friendly_load_error
 
+log = logging.getLogger(__name__)
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -27,7 +29,20 @@ def load_raw(cfg: DictConfig) -> Dataset:
                 f"data.name_or_path={name!r}: unknown file type {ext!r}; use one of "
                 f"{sorted(LOCAL_FORMATS)}."
             )
-        return load_dataset(LOCAL_FORMATS[ext], data_files=name, split="train")
+        try:
+            ds = load_dataset(LOCAL_FORMATS[ext], data_files=name, split="train")
+        except Exception as e:  # datasets raises many kinds (StopIteration, DatasetGenerationError, ...)
+            with open(name, errors="replace") as f:
+                lines = sum(1 for line in f if line.strip())
+            if lines <= (1 if ext == ".csv" else 0):
+                raise DataError(f"data.name_or_path={name!r} has no rows{' (a header alone)' if lines else ''}: "
+                                "no dialogues.") from e
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"data.name_or_path={name!r} cannot be read as {LOCAL_FORMATS[ext]} "
+                            f"({type(e).__name__}: {first}); check the file.") from e
+        if len(ds) == 0:
+            raise DataError(f"data.name_or_path={name!r} has no rows (a header alone?): no dialogues.")
+        return ds
     if os.path.isdir(name):
         if os.path.exists(os.path.join(name, "dataset_info.json")) or os.path.exists(
             os.path.join(name, "dataset_dict.json")
@@ -52,6 +67,17 @@ def check_columns(ds: Dataset, cfg: DictConfig, extra: tuple[str, ...] = ()) -> 
             f"{ds.column_names}. Set data.dialogue_column / data.summary_column / data.id_column "
             "(or eval.group_by / eval.reference_columns) to existing columns."
         )
+
+
+def check_text(ds: Dataset, columns, name: str) -> None:
+    """Every value of the text `columns` is a string (or missing)."""
+    for column in columns:
+        bad = [i for i, x in enumerate(ds[column]) if x is not None and not isinstance(x, str)]
+        if bad:
+            example = ds[column][bad[0]]
+            raise DataError(f"dataset {name!r}: column {column!r} holds non-text values ({type(example).__name__} "
+                            f"{example!r} in row {bad[0]}, {len(bad)} rows in all); it must hold strings. Point "
+                            "data.dialogue_column / data.summary_column at text columns.")
 
 
 def filter_by_length(ds: Dataset, min_chars: int, max_chars: int, column: str) -> Dataset:
@@ -84,7 +110,10 @@ def build_prompt(template: str, dialogue: str) -> str:
 def load_splits(cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> DatasetDict:
     """Load, check, filter, split and add a `prompt` column. `cfg` is the `data` config node."""
     ds = load_raw(cfg)
+    if len(ds) == 0:
+        raise DataError(f"dataset {cfg.name_or_path!r} (split {cfg.split!r}) has no rows: no dialogues.")
     check_columns(ds, cfg, extra_columns)
+    check_text(ds, [cfg.dialogue_column, cfg.summary_column], cfg.name_or_path)
     n_raw = len(ds)
     ds = filter_by_length(ds, cfg.min_chars, cfg.max_chars, cfg.dialogue_column)
     if len(ds) < 3:
@@ -99,6 +128,38 @@ def load_splits(cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> Dataset
     if len(splits["train"]) == 0:
         raise DataError(f"the train split of {cfg.name_or_path!r} is empty; lower data.test_size/val_size.")
     return splits
+
+
+def fit_prompts(splits: DatasetDict, tokenizer, cfg: DictConfig) -> DatasetDict:
+    """Prompts longer than `data.max_input_tokens` get their DIALOGUE cut (its end), never the
+    template's text around it (the closing "Summary:" instruction), with one warning giving how
+    many were cut. `cfg` is the `data` config node."""
+    limit = cfg.max_input_tokens
+    overhead = len(tokenizer(build_prompt(cfg.prompt_template, ""))["input_ids"])
+    if overhead >= limit:
+        raise ConfigError(f"data.max_input_tokens={limit} leaves no room for the dialogue: the prompt template alone "
+                          f"is {overhead} tokens. Raise data.max_input_tokens (the recipe: 512).")
+
+    def fit(row):
+        prompt = row["prompt"]
+        excess = len(tokenizer(prompt)["input_ids"]) - limit
+        if excess <= 0:
+            return {"prompt": prompt, "_cut": False}
+        ids = tokenizer(row[cfg.dialogue_column], add_special_tokens=False)["input_ids"]
+        keep = max(len(ids) - excess, 0)
+        while True:  # decoding and re-encoding can merge tokens at the cut: shrink until it fits
+            prompt = build_prompt(cfg.prompt_template, tokenizer.decode(ids[:keep], skip_special_tokens=True))
+            if len(tokenizer(prompt)["input_ids"]) <= limit or keep == 0:
+                return {"prompt": prompt, "_cut": True}
+            keep -= 1
+
+    fitted = splits.map(fit)
+    cut = sum(sum(split["_cut"]) for split in fitted.values())
+    if cut:
+        total = sum(len(split) for split in fitted.values())
+        log.warning("%d of %d prompts were longer than data.max_input_tokens=%d: their dialogues were cut at the "
+                    "end, the template's text kept", cut, total, limit)
+    return fitted.remove_columns("_cut")
 
 
 def sample_max_new_tokens(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:

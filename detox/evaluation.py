@@ -59,7 +59,7 @@ def sample_responses(cfg: DictConfig, policy, tokenizer, prompts: Sequence[str],
     with forked_rng(device):
         torch.manual_seed(seed)
         for enc, seqs, response_ids, mask in generate_batches(
-                policy.model, tokenizer, prompts, gen, cfg.eval.batch_size, cfg.data.max_input_tokens,
+                policy, tokenizer, prompts, gen, cfg.eval.batch_size, cfg.data.max_input_tokens,
                 cfg.generation.max_new_tokens_max, device):
             logits, _ = policy(enc["input_ids"], enc["attention_mask"], seqs[:, :-1], with_values=False)
             ref_logits = policy.reference_logits(enc["input_ids"], enc["attention_mask"], seqs[:, :-1])

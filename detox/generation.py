@@ -42,7 +42,8 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) 
 
 def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, batch_size: int,
                      max_input_tokens: int, max_new_tokens: int, device: torch.device):
-    """`model.generate` over `prompts` in batches of `batch_size` (evaluation, SFT's ROUGE).
+    """`model.generate` over `prompts` in batches of `batch_size` (evaluation, SFT's ROUGE);
+    `model` is a transformers model or a `Policy` (which generates in its compute dtype).
 
     Yields per batch: enc (the tokenized prompts), seqs [B, 1 + T] (the decoder start token
     first), response_ids = seqs[:, 1:] [B, T], and their mask [B, T] (1 up to and including

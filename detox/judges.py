@@ -74,11 +74,11 @@ def build_judges(names: Sequence[str], reward_cfg: DictConfig, device: torch.dev
                 with friendly_load_error("eval.judges", path):
                     id2label = AutoConfig.from_pretrained(path).id2label
             except LoadError as e:
-                raise LoadError(f"{e}\nThe built-in judges: {REWARD_JUDGE}, {PROFANITY_JUDGE}; any other entry is an HF "
+                raise LoadError(f"{e} The built-in judges: {REWARD_JUDGE}, {PROFANITY_JUDGE}; any other entry is an HF "
                                 "classifier's hub id or folder, optionally `:<toxic label>`.") from e
             index = toxic_index(id2label, reward_cfg.label, label or None, path)
             cfg.label = id2label[index] if index in id2label else id2label[str(index)]
-            judges.append(Judge(path.rstrip("/").split("/")[-1], HFReward(cfg, device), index))
+            judges.append(Judge(path.rstrip("/").split("/")[-1], HFReward(cfg, device, key="eval.judges"), index))
     names_seen = [j.name for j in judges]
     if len(set(names_seen)) != len(names_seen):
         raise ConfigError(f"eval.judges has two judges named alike: {names_seen}")

@@ -18,6 +18,7 @@ copy of the weights:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Iterator
 
@@ -25,11 +26,12 @@ import torch
 from omegaconf import DictConfig
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from detox.errors import ConfigError, LoadError
-from detox.hub import friendly_load_error
+from detox.hub import friendly_load_error, model_kind
 
+log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRAIN_ADAPTER = "default"
 START_ADAPTER = "start"
@@ -41,10 +43,20 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision)
 
 
-def load_base_model(cfg: DictConfig) -> nn.Module:
+def check_policy(cfg: DictConfig) -> None:
+    """From the model's config alone: the policy must be an encoder-decoder (seq2seq) LM."""
+    with friendly_load_error("policy.name_or_path", cfg.name_or_path):
+        config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision)
+    if not getattr(config, "is_encoder_decoder", False):
+        raise LoadError(f"policy.name_or_path={cfg.name_or_path!r} is a {model_kind(config)}, not an encoder-decoder "
+                        "(seq2seq) language model; detox trains seq2seq summarizers such as T5 / FLAN-T5.")
+
+
+def load_base_model(cfg: DictConfig, dtype: str | None = None) -> nn.Module:
+    """The base model in `policy.dtype` (or `dtype`)."""
     with friendly_load_error("policy.name_or_path", cfg.name_or_path):
         return AutoModelForSeq2SeqLM.from_pretrained(
-            cfg.name_or_path, revision=cfg.revision, dtype=DTYPES[cfg.dtype]
+            cfg.name_or_path, revision=cfg.revision, dtype=DTYPES[dtype or cfg.dtype]
         )
 
 
@@ -100,6 +112,15 @@ class Policy(nn.Module):
         self.value_head = ValueHead(hidden)
         self.reference_mode = reference_mode  # "disable" | "adapter" | "copy"
         self.reference_model = reference_model
+        # The sampling temperature: log-probs (and so the ratio and the KL) are those of the
+        # distribution responses are sampled from.
+        self.temperature = 1.0
+        # Half-precision full fine-tuning: fp32 weights (AdamW's updates of ~1e-5 would round away
+        # in bf16) and this dtype for the compute, by autocast. None: the weights' own dtype.
+        self.compute_dtype: torch.dtype | None = None
+        # Gradient checkpointing: transformers recomputes activations only in training mode, so
+        # the model stays in train mode, every dropout probability set to 0 (see `train`).
+        self.checkpointing = False
 
     @property
     def config(self):
@@ -107,6 +128,28 @@ class Policy(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> "Policy":
+        """As nn.Module's; but with gradient checkpointing the LM stays in train mode, where alone
+        transformers checkpoints (and only when grad is on: generation keeps its cache). Every
+        dropout probability is 0 then, so train mode computes exactly what eval mode does."""
+        super().train(mode)
+        if self.checkpointing:
+            self.model.train()
+        return self
+
+    def autocast(self):
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.value_head.summary.weight.device.type, dtype=self.compute_dtype)
+
+    def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def generate(self, **kwargs) -> torch.Tensor:
+        """`model.generate` in the policy's compute dtype."""
+        with self.autocast():
+            return self.model.generate(**kwargs)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
@@ -118,25 +161,26 @@ class Policy(nn.Module):
         value is read at the same position. detach_values: the value loss then trains the head
         alone, not the (shared) decoder under it.
         """
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-            output_hidden_states=with_values, use_cache=False,
-        )
+        with self.autocast():
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                output_hidden_states=with_values, use_cache=False,
+            )
         values = None
         if with_values:
             hidden = out.decoder_hidden_states[-1]
             values = self.value_head(hidden.detach() if detach_values else hidden)
-        return out.logits, values
+        return self._tempered(out.logits), values
 
     @torch.no_grad()
     def reference_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
     ) -> torch.Tensor:
-        with self.reference() as ref:
-            return ref(
+        with self.reference() as ref, self.autocast():
+            return self._tempered(ref(
                 input_ids=input_ids, attention_mask=attention_mask,
                 decoder_input_ids=decoder_input_ids, use_cache=False,
-            ).logits
+            ).logits)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
@@ -172,9 +216,46 @@ class Policy(nn.Module):
         return {n: t.detach().cpu().clone() for n, t in self.state_dict().items() if n in names}
 
 
-def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
-    """Load the base model, apply the adapter scheme of the module docstring, add a value head."""
-    model = load_base_model(policy_cfg)
+def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig, temperature: float = 1.0) -> Policy:
+    """Load the base model, apply the adapter scheme of the module docstring, add a value head.
+    temperature: the sampling temperature the policy's log-probs are taken at."""
+    policy = assemble_policy(policy_cfg, lora_cfg)
+    policy.temperature = float(temperature)
+    if policy_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy.model)
+        _zero_dropout(policy.model)
+        policy.checkpointing = True
+    if lora_cfg.enabled and lora_cfg.dropout:
+        log.info("lora.dropout=%s has no effect in PPO: dropout is off in every forward pass, so that the "
+                 "ratio starts at 1 and the KL at 0 (it does act in stage=sft)", lora_cfg.dropout)
+    # Dropout off everywhere (rollout, reference and PPO passes): at the first mini-batch the
+    # ratio is then exactly 1 and the KL to an initial reference exactly 0.
+    policy.eval()
+    return policy
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):  # the frozen embeddings' output must carry grad
+        model.enable_input_require_grads()
+
+
+def _zero_dropout(model: nn.Module) -> None:
+    """Every dropout probability of `model` set to 0, so its train mode computes what eval does."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr in ("dropout", "attention_dropout", "activation_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+
+
+def assemble_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
+    """The base model with the adapter scheme of the module docstring and a value head, as
+    loaded (no PPO settings: dropout and train mode are the caller's)."""
+    half = policy_cfg.dtype != "float32"
+    # Full fine-tuning keeps fp32 weights and computes in the half dtype (see Policy.compute_dtype).
+    model = load_base_model(policy_cfg, dtype="float32" if half and not lora_cfg.enabled else None)
     adapter = policy_cfg.adapter
     reference_is_base = policy_cfg.reference == "base"
 
@@ -188,7 +269,9 @@ def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
         if reference_is_base and adapter:
             raise ConfigError("policy.reference=base with a merged adapter and lora.enabled=false is "
                               "not supported; use lora.enabled=true.")
-        return _finish(Policy(model, "copy", reference), policy_cfg)
+        policy = Policy(model, "copy", reference)
+        policy.compute_dtype = DTYPES[policy_cfg.dtype] if half else None
+        return policy
 
     check_target_modules(model, list(lora_cfg.target_modules))
     fresh = LoraConfig(
@@ -197,40 +280,29 @@ def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
         use_rslora=lora_cfg.use_rslora,
     )
     if adapter is None:
-        return _finish(Policy(get_peft_model(model, fresh), "disable"), policy_cfg)
+        return Policy(get_peft_model(model, fresh), "disable")
     if lora_cfg.train == "continue":
         peft_model = load_adapter(model, adapter, TRAIN_ADAPTER, trainable=True)
         if reference_is_base:
-            return _finish(Policy(peft_model, "disable"), policy_cfg)
+            return Policy(peft_model, "disable")
         load_adapter(peft_model, adapter, REFERENCE_ADAPTER, trainable=False)
         peft_model.set_adapter(TRAIN_ADAPTER)
         _freeze_adapter(peft_model, REFERENCE_ADAPTER)
-        return _finish(Policy(peft_model, "adapter"), policy_cfg)
+        return Policy(peft_model, "adapter")
     if not reference_is_base:
         merged = load_adapter(model, adapter, START_ADAPTER, trainable=False).merge_and_unload()
-        return _finish(Policy(get_peft_model(merged, fresh), "disable"), policy_cfg)
+        return Policy(get_peft_model(merged, fresh), "disable")
     peft_model = load_adapter(model, adapter, START_ADAPTER, trainable=False)
     peft_model.add_adapter(TRAIN_ADAPTER, fresh)
     peft_model.base_model.set_adapter([START_ADAPTER, TRAIN_ADAPTER])
     _freeze_adapter(peft_model, START_ADAPTER)
-    return _finish(Policy(peft_model, "disable"), policy_cfg)
+    return Policy(peft_model, "disable")
 
 
 def _freeze_adapter(model: nn.Module, name: str) -> None:
     for n, p in model.named_parameters():
         if f".{name}." in n:
             p.requires_grad_(False)
-
-
-def _finish(policy: Policy, policy_cfg: DictConfig) -> Policy:
-    if policy_cfg.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(policy.model, "enable_input_require_grads"):
-            policy.model.enable_input_require_grads()
-    # Dropout off everywhere (rollout, reference and PPO passes): at the first mini-batch the
-    # ratio is then exactly 1 and the KL to an initial reference exactly 0.
-    policy.eval()
-    return policy
 
 
 def count_parameters(*modules: nn.Module) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -16,6 +17,7 @@ from detox.atomic import atomic_write_json
 from detox.errors import RunStopped
 from detox.run_dir import RESULTS_FILE
 
+log = logging.getLogger(__name__)
 PACKAGES = ("detox", "torch", "transformers", "peft", "trl", "datasets", "hydra-core", "wandb",
             "alt-profanity-check", "rouge-score")
 
@@ -122,5 +124,9 @@ class Results:
         self.update(**stop.record(), status=stop.status, finished_at=now())
 
     def write(self) -> None:
-        if self.path is not None:
+        if self.path is None:
+            return
+        try:
             atomic_write_json(self.path, self.data)
+        except OSError as e:  # a full or read-only disk must not hide the error that is being recorded
+            log.warning("could not write %s: %s", self.path, e)

@@ -15,8 +15,8 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from detox.errors import ConfigError
-from detox.hub import friendly_load_error
+from detox.errors import ConfigError, LoadError
+from detox.hub import friendly_load_error, model_kind
 
 PROFANITY_LABELS = {0: "clean", 1: "offensive"}
 
@@ -54,18 +54,23 @@ def from_probability(p: torch.Tensor, kind: str) -> torch.Tensor:
 class HFReward:
     """A transformers sequence classifier, batched, no-grad, eval mode."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device):
+    def __init__(self, cfg: DictConfig, device: torch.device, key: str = "reward.name_or_path"):
         self.cfg, self.device = cfg, device
-        with friendly_load_error("reward.name_or_path", cfg.name_or_path):
+        with friendly_load_error(key, cfg.name_or_path):
             config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision)
+        check_classifier(config, cfg.name_or_path, key)
         self.id2label = {int(k): v for k, v in config.id2label.items()}
         self.label_index = resolve_label(self.id2label, cfg.label, cfg.name_or_path)
         self.multi_label = config.problem_type == "multi_label_classification"
-        with friendly_load_error("reward.name_or_path", cfg.name_or_path):
+        with friendly_load_error(key, cfg.name_or_path):
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                cfg.name_or_path, revision=cfg.revision
+            self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                cfg.name_or_path, revision=cfg.revision, output_loading_info=True
             )
+        if info["missing_keys"]:  # transformers would initialise them at random, with a muted warning
+            raise LoadError(f"{key}={cfg.name_or_path!r} has no trained classification head (its checkpoint lacks "
+                            f"{', '.join(sorted(info['missing_keys'])[:3])}): it would score with random weights. "
+                            "Use a fine-tuned sequence classifier.")
         self.model.to(device).eval().requires_grad_(False)
         model_max = getattr(config, "max_position_embeddings", None)
         # RoBERTa's positions start after the padding index: 514 embeddings hold 512 tokens.
@@ -133,7 +138,16 @@ def check_reward_label(cfg: DictConfig) -> None:
         return
     with friendly_load_error("reward.name_or_path", cfg.name_or_path):
         config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision)
+    check_classifier(config, cfg.name_or_path)
     resolve_label(config.id2label, cfg.label, cfg.name_or_path)
+
+
+def check_classifier(config, name: str, key: str = "reward.name_or_path") -> None:
+    """A reward model or judge must be a sequence classifier (by its config's architecture)."""
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise LoadError(f"{key}={name!r} is a {model_kind(config)}, not a sequence classifier; the reward model "
+                        "must be a trained text classifier (e.g. facebook/roberta-hate-speech-dynabench-r4-target).")
 
 
 def build_reward(cfg: DictConfig, device: torch.device) -> RewardModel:

@@ -80,7 +80,7 @@ def collect_rollout(policy: Policy, tokenizer, reward: RewardModel, prompts: lis
     enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_input_tokens,
                     return_tensors="pt").to(device)
     t0 = time.perf_counter()
-    sequences = generate_capped(policy.model, enc["input_ids"], enc["attention_mask"], gen_config, caps,
+    sequences = generate_capped(policy, enc["input_ids"], enc["attention_mask"], gen_config, caps,
                                 generate_chunk)
     timings["perf/generate_s"] = time.perf_counter() - t0
     response_ids = sequences[:, 1:]

@@ -9,6 +9,7 @@ the course notebook this project reproduces (docs/design.md, section 1).
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -58,7 +59,7 @@ class LoraConfig:
     enabled: bool = True
     r: int = 32
     alpha: float = 32.0
-    dropout: float = 0.05
+    dropout: float = 0.05  # stage=sft only: PPO keeps dropout off in every forward pass
     target_modules: List[str] = field(default_factory=lambda: ["q", "v"])
     # new: freeze the starting adapter, train a fresh one on top; continue: keep training the
     # starting adapter itself (the recipe). A str, since `continue` cannot name an Enum member.
@@ -268,6 +269,34 @@ def _positive(cfg: Any, key: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} is invalid: it must be {bound}. Override it, e.g. `{key}=...`.")
 
 
+def _check_template(template: str) -> None:
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # an unmatched brace
+        raise ConfigError(f"data.prompt_template is not a valid template ({e}); write literal braces as "
+                          "{{ and }}.") from e
+    if fields != ["dialogue"]:
+        raise ConfigError(f"data.prompt_template must contain the placeholder {{dialogue}} once and no other "
+                          f"(it has {['{' + f + '}' for f in fields] or 'none'}); write literal braces as {{{{ and }}}}.")
+
+
+def _check_device(key: str, name: str | None) -> None:
+    if name is None or name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"{key}={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={name} but this machine has no usable CUDA GPU (torch "
+                              f"{torch.__version__}); use {key}=cpu, or auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}={name} but there are {torch.cuda.device_count()} GPUs (cuda:0 ..).")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks the schema's types cannot express. Raises ConfigError naming the key and the fix."""
     for key in ("ppo.steps", "ppo.batch_size", "ppo.mini_batch_size", "ppo.ppo_epochs",
@@ -316,8 +345,23 @@ def validate(cfg: DictConfig) -> None:
             "data.test_size + data.val_size must be in (0, 1) (fractions of the filtered set); "
             f"got {cfg.data.test_size} + {cfg.data.val_size}."
         )
-    if "{dialogue}" not in cfg.data.prompt_template:
-        raise ConfigError("data.prompt_template must contain the placeholder `{dialogue}`.")
+    _check_template(cfg.data.prompt_template)
+    for key, low, high, what in (
+        ("generation.top_p", 0.0, 1.0, "a probability mass in (0, 1]"),
+        ("eval.toxic_threshold", 0.0, 1.0, "a probability in [0, 1]"),
+        ("ppo.gamma", 0.0, 1.0, "a discount in [0, 1]"),
+        ("ppo.lam", 0.0, 1.0, "the GAE lambda, in [0, 1]"),
+        ("lora.dropout", 0.0, 1.0, "a probability in [0, 1)"),
+    ):
+        value = OmegaConf.select(cfg, key)
+        bad = value > high or value < low or (key == "generation.top_p" and value == 0) or (
+            key == "lora.dropout" and value == 1)
+        if bad:
+            raise ConfigError(f"{key}={value} is invalid: it is {what}.")
+    if cfg.generation.top_k < 0:
+        raise ConfigError(f"generation.top_k={cfg.generation.top_k} is invalid: use 0 (off) or a positive count.")
+    for key in ("device", "reward.device"):
+        _check_device(key, OmegaConf.select(cfg, key))
     if cfg.policy.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(
             f"policy.dtype={cfg.policy.dtype!r} is unknown: use float32, bfloat16 or float16."

@@ -38,13 +38,13 @@ from omegaconf import DictConfig
 from transformers import SchedulerType, set_seed
 
 from detox.atomic import atomic_dir, atomic_write_jsonl
-from detox.data import load_splits
+from detox.data import fit_prompts, load_splits
 from detox.errors import ConfigError, DataError
 from detox.eval_metrics import ROUGE_KEYS, rouge
 from detox.generation import decode_responses, generate_batches, generation_config
 from detox.overrides import hydra_overrides, override_key, under
-from detox.policy import (TRAIN_ADAPTER, build_policy, count_parameters, load_adapter, load_base_model,
-                          load_tokenizer)
+from detox.policy import (TRAIN_ADAPTER, assemble_policy, count_parameters, enable_gradient_checkpointing,
+                          load_adapter, load_base_model, load_tokenizer)
 from detox.results import Results, model_provenance, provenance
 from detox.run_dir import FINAL_DIR, SFT_SAMPLES_FILE, SFT_TRAINER_DIR
 from detox.run_lock import RunLock
@@ -76,10 +76,13 @@ def with_summaries(rows: Dataset, column: str, split: str) -> Dataset:
 
 
 def build_model(cfg: DictConfig):
-    """The base model through PPO's own loader; LoRA: PPO's fresh adapter (`build_policy`, no
+    """The base model through PPO's own loader; LoRA: PPO's fresh adapter (`assemble_policy`, no
     starting adapter), so the adapter has exactly the shape a PPO run would build."""
     if cfg.lora.enabled:
-        return build_policy(cfg.policy, cfg.lora).model
+        model = assemble_policy(cfg.policy, cfg.lora).model
+        if cfg.policy.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
     return load_base_model(cfg.policy)
 
 
@@ -175,8 +178,8 @@ def _run_sft(cfg: DictConfig) -> float:
     results = Results(run_dir, overrides, config)
     with JobRecord(results) as job:
         set_seed(cfg.seed)
-        train, val, test = sft_splits(cfg)
         tokenizer = load_tokenizer(cfg.policy)
+        train, val, test = sft_splits(cfg, tokenizer)
         model = load_artifact(cfg, artifact) if finished else build_model(cfg)
         trainable, total = count_parameters(model)
         log.info("sft: %s %s trainable of %s parameters (%.2f%%)", "LoRA" if cfg.lora.enabled else "full",
@@ -221,10 +224,10 @@ def _run_sft(cfg: DictConfig) -> float:
     return figures["eval/after/rougeL"]
 
 
-def sft_splits(cfg: DictConfig) -> tuple[Dataset, Dataset | None, Dataset]:
+def sft_splits(cfg: DictConfig, tokenizer) -> tuple[Dataset, Dataset | None, Dataset]:
     """Train, validation (None when there is none) and test rows with a reference summary;
-    test cut to `sft.eval_samples`."""
-    splits = load_splits(cfg.data)
+    test cut to `sft.eval_samples`; over-long dialogues cut to fit `data.max_input_tokens`."""
+    splits = fit_prompts(load_splits(cfg.data), tokenizer, cfg.data)
     log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     column = cfg.data.summary_column
     train = with_summaries(splits["train"], column, "train")

@@ -12,14 +12,14 @@ from transformers import set_seed
 
 from detox.atomic import atomic_write_json, cut_jsonl_after
 from detox.checkpoint import latest_checkpoint, load_trainable, read_state, saved_step
-from detox.data import load_splits
+from detox.data import fit_prompts, load_splits
 from detox.distributed import Distributed, resolve_device, use_main_run_dir
 from detox.errors import CheckpointError, DetoxError
 from detox.evaluation import Evaluator
 from detox.judges import build_judges
 from detox.overrides import hydra_overrides
 from detox.plots import plot_curves
-from detox.policy import build_policy, count_parameters, load_tokenizer
+from detox.policy import build_policy, check_policy, count_parameters, load_tokenizer
 from detox.preemption import StopSignals
 from detox.report import example_rows, ranking_judge
 from detox.results import Results, model_provenance, provenance
@@ -134,14 +134,16 @@ def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrai
     device = dist.place(resolve_device(cfg.device))
     # Everything that can fail cheaply comes before the policy's weights load.
     splits = load_run_splits(cfg)
+    check_policy(cfg.policy)
     check_reward_label(cfg.reward)
+    tokenizer = load_tokenizer(cfg.policy)
+    splits = fit_prompts(splits, tokenizer, cfg.data)
     reward_device = dist.place(resolve_device(cfg.reward.device)) if cfg.reward.device else device
     reward = build_reward(cfg.reward, reward_device)
     judges = (build_judges(cfg.eval.judges, cfg.reward, reward_device, reward=reward)
               if cfg.eval.enabled and dist.is_main else None)
 
-    tokenizer = load_tokenizer(cfg.policy)
-    policy = build_policy(cfg.policy, cfg.lora).to(device)
+    policy = build_policy(cfg.policy, cfg.lora, cfg.generation.temperature).to(device)
     trainable, total = count_parameters(policy.model, policy.value_head)
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
@@ -152,7 +154,7 @@ def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrai
 
 def load_run_splits(cfg: DictConfig):
     """The data splits, with the columns evaluation reads (group, extra references) checked too."""
-    extra = tuple(dict.fromkeys(c for c in [cfg.eval.group_by, *cfg.eval.reference_columns] if c))
+    extra = tuple(dict.fromkeys(c for c in [cfg.eval.group_by, *cfg.eval.reference_columns] if c)) if cfg.eval.enabled else ()
     splits = load_splits(cfg.data, extra_columns=extra)
     log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return splits
@@ -188,7 +190,8 @@ def _run_eval(cfg: DictConfig) -> float | None:
     reward = build_reward(run_cfg.reward, resolve_device(run_cfg.reward.device) if run_cfg.reward.device else device)
     judges = build_judges(run_cfg.eval.judges, run_cfg.reward, device, reward=reward)
     tokenizer = load_tokenizer(run_cfg.policy)
-    policy = build_policy(run_cfg.policy, run_cfg.lora).to(device)  # the starting policy
+    splits = fit_prompts(splits, tokenizer, run_cfg.data)
+    policy = build_policy(run_cfg.policy, run_cfg.lora, run_cfg.generation.temperature).to(device)  # the start
     evaluator = Evaluator(run_cfg, policy, tokenizer, judges, splits, device)
     baseline = evaluator.baseline(os.path.join(run_dir, EVAL_DIR))
     state = read_state(checkpoint)

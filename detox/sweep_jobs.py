@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from detox.overrides import split_override
 from detox.run_dir import HYDRA_OVERRIDES, RESULTS_FILE
 from detox.sweep import DEFAULT_OBJECTIVE, objective
@@ -52,16 +54,19 @@ def read_job(job_dir: str) -> Job:
         try:
             with open(path) as f:
                 results = json.load(f)
-            status = results.get("status") or "missing"
+            if not isinstance(results, dict):
+                raise ValueError(f"a JSON {type(results).__name__}, not an object")
+            status = str(results.get("status") or "missing")
         except (OSError, ValueError) as e:
             status, results = "failed", {"error": f"unreadable {RESULTS_FILE}: {e}"}
     overrides = results.get("overrides")
-    hydra_overrides = os.path.join(job_dir, HYDRA_OVERRIDES)
-    if overrides is None and os.path.exists(hydra_overrides):
-        import yaml
-
-        with open(hydra_overrides) as f:
-            overrides = yaml.safe_load(f)  # as written: `${...}` in an override stays unresolved
+    if not isinstance(overrides, list):  # missing, or not what detox writes: Hydra's own record
+        overrides = None
+        hydra_overrides = os.path.join(job_dir, HYDRA_OVERRIDES)
+        if os.path.exists(hydra_overrides):
+            with open(hydra_overrides) as f:
+                loaded = yaml.safe_load(f)  # as written: `${...}` in an override stays unresolved
+            overrides = loaded if isinstance(loaded, list) else None
     return Job(job_dir, status, [str(o) for o in overrides or []], results)
 
 

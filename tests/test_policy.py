@@ -132,3 +132,61 @@ def test_forward_logprobs_match_generate_scores(tiny, batch):
     fwd_logprobs = ppo.logprobs_from_logits(logits, seqs[:, 1:])
     mask = ppo.response_mask(seqs[:, 1:], policy.config.eos_token_id).bool()
     torch.testing.assert_close(fwd_logprobs[mask], gen_logprobs[mask], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ real-size settings
+
+
+def test_gradient_checkpointing_recomputes_in_backward_with_dropout_off(tiny, batch):
+    """The tiny T5 has dropout 0.1 and LoRA dropout 0.5: outputs must still equal eval mode's."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    checkpointed = policy_for(tiny, "policy.gradient_checkpointing=true", "lora.dropout=0.5")
+    plain = policy_for(tiny, "lora.dropout=0.5")
+    plain.load_state_dict(checkpointed.state_dict())
+    calls = []
+    for module in checkpointed.modules():
+        if isinstance(module, T5Attention):  # inside the checkpointed blocks (their own hooks stay outside)
+            module.register_forward_hook(lambda *args: calls.append(torch.is_grad_enabled()))
+    logits, values = checkpointed(*batch)  # with grad: train mode, checkpointed
+    forwards = len(calls)
+    (logits.float().logsumexp(-1).mean() + values.mean()).backward()
+    assert forwards == 6 and len(calls) == 2 * forwards  # all 6 attentions (2 encoder, 2+2 decoder) ran again
+    assert not checkpointed.training and checkpointed.model.training  # train mode, for the checkpointing
+    with torch.no_grad():
+        torch.testing.assert_close(plain(*batch)[0], logits.detach(), atol=1e-5, rtol=1e-5)  # dropout off
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in checkpointed.named_parameters() if "lora" in n)
+
+
+def test_bf16_full_finetuning_keeps_fp32_weights_and_really_updates(tiny, batch):
+    policy = policy_for(tiny, "lora.enabled=false", "policy.dtype=bfloat16")
+    params = [p for p in policy.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in params) and policy.compute_dtype == torch.bfloat16
+    logits, _ = policy(*batch)
+    assert logits.dtype == torch.bfloat16  # the compute is bf16 (autocast)
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    logits.float().logsumexp(-1).mean().backward()
+    optimizer.step()
+    changed = sum(int((p.detach() != b).sum()) for p, b in zip(params, before)) / sum(b.numel() for b in before)
+    assert changed > 0.99, changed
+
+
+def test_tempered_logprobs_match_generates_processed_scores(tiny, batch):
+    """generation.temperature != 1: the policy's log-probs are those of the distribution sampled from."""
+    policy = policy_for(tiny)
+    policy.temperature = 0.7
+    gen_cfg = make_cfg(["generation.temperature=0.7", "generation.min_length=0"]).generation
+    torch.manual_seed(0)
+    out = policy.model.generate(input_ids=batch[0], attention_mask=batch[1],
+                                generation_config=generation_config(gen_cfg, policy.config),
+                                max_new_tokens=12, output_scores=True, return_dict_in_generate=True)
+    seqs = out.sequences
+    processed = torch.stack(out.scores, 1)  # after the temperature warper
+    gen_logprobs = ppo.logprobs_from_logits(processed, seqs[:, 1:])
+    logits, _ = policy(batch[0], batch[1], seqs[:, :-1])
+    fwd_logprobs = ppo.logprobs_from_logits(logits, seqs[:, 1:])
+    mask = ppo.response_mask(seqs[:, 1:], policy.config.eos_token_id).bool()
+    torch.testing.assert_close(fwd_logprobs[mask], gen_logprobs[mask], atol=1e-4, rtol=1e-4)
+    ref = ppo.logprobs_from_logits(policy.reference_logits(batch[0], batch[1], seqs[:, :-1]), seqs[:, 1:])
+    torch.testing.assert_close(ref[mask], fwd_logprobs[mask].detach(), atol=1e-5, rtol=1e-5)  # KL 0 at start
