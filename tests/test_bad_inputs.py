@@ -238,12 +238,6 @@ def test_sweep_summary_reads_wrong_shapes_as_failed_jobs(tmp_path):
     assert "l= o=" not in text
 
 
-def test_sweep_summary_of_a_missing_dir_says_what_to_pass(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "detox.sweep_summary", str(tmp_path / "nope")], capture_output=True,
-                         text=True)
-    assert out.returncode == 2 and "is not a directory: pass the sweep dir" in out.stderr
-
-
 def test_tiny_assets_are_what_the_table_needs(tiny, tmp_path):
     # the fixtures used above really are a T5 and a classifier (so the table tests the checks, not the files)
     assert json.loads(open(os.path.join(tiny["policy"], "config.json")).read())["architectures"] == [

@@ -13,12 +13,12 @@ from wandb_offline import read_run
 
 from detox.schema import asset_path
 
-# A third of the preset, with a smaller evaluation: every file and wire of a real run. That
+# A sixth of the preset, with a smaller evaluation: every file and wire of a real run. That
 # training improves the reward is checked on the whole preset (tests/test_quickstart_targets.py,
-# `pytest -m slow`): in 20 steps the batch-to-batch share of heated prompts moves
+# `pytest -m slow`): in a few steps the batch-to-batch share of heated prompts moves
 # env/reward_mean more than learning does.
-E2E_STEPS = 20
-E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=10", "eval.num_samples=64", "eval.val_samples=32"]
+E2E_STEPS = 10
+E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=5", "eval.num_samples=32", "eval.val_samples=16"]
 METRICS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
            "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl", "ppo/policy/clipfrac",
            "ppo/value/explained_variance", "ppo/returns/mean", "response/length_mean", "perf/step_time_s",
@@ -39,7 +39,7 @@ def test_run_dir_has_every_file(quickstart_run):
     run_dir, out = quickstart_run
     for name in ["metrics.jsonl", "curves.png", "results.json", "rollouts.jsonl", ".hydra/config.yaml",
                  "final/adapter/adapter_config.json", "final/value_head.safetensors", "final/trainer_state.json",
-                 "checkpoints/step-10/adapter/adapter_model.safetensors", "checkpoints/step-10/manifest.json"]:
+                 "checkpoints/step-5/adapter/adapter_model.safetensors", "checkpoints/step-5/manifest.json"]:
         assert (run_dir / name).exists(), name
     assert str(run_dir) in out.stdout  # tells the user where the outputs went
     results = json.load(open(run_dir / "results.json"))
@@ -105,13 +105,13 @@ def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
     shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl"))
     hydra_config = (run_dir / ".hydra" / "config.yaml").read_text()
     # in the run's own dir: its .hydra/ (which eval reads) is left alone
-    out = run_detox(["stage=eval", f"run_dir={run_dir}", "eval.num_samples=40", "eval.judges=[profanity]",
+    out = run_detox(["stage=eval", f"run_dir={run_dir}", "eval.num_samples=36", "eval.judges=[profanity]",
                    "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == hydra_config
     assert (run_dir / ".hydra-eval" / "config.yaml").exists() and not (run_dir / "detox.lock").exists()
     rows = [json.loads(line) for line in open(run_dir / "eval" / "samples.jsonl")]
-    assert len(rows) == 40 and set(rows[0]["after"]["toxicity"]) == {"profanity"}
+    assert len(rows) == 36 and set(rows[0]["after"]["toxicity"]) == {"profanity"}
     assert max(abs(r["before"]["kl"]) for r in rows) < 1e-4 < np.mean([r["after"]["kl"] for r in rows])
     results = json.load(open(run_dir / "results.json"))
     assert results["status"] == "done" and "eval/after/reward/toxicity_mean" not in results["eval"]
@@ -124,18 +124,15 @@ def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
 
 
 def test_stage_eval_errors_name_the_problem(quickstart_run, tmp_path):
-    out = run_detox(["stage=eval", f"run_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'j1'}"], cwd=tmp_path)
-    assert out.returncode == 2 and "does not exist" in out.stdout + out.stderr and "Traceback" not in out.stderr
+    from conftest import make_cfg
+
+    from detox.errors import ConfigError
+    from detox.stages import run_stage
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_stage(make_cfg(["stage=eval", f"run_dir={tmp_path / 'nowhere'}"], output_dir=str(tmp_path / "j1")))
+    # eval.* overrides reach a finished run's config from the command line (Hydra's overrides)
     out = run_detox(["stage=eval", f"run_dir={quickstart_run[0]}", "eval.judges=[no-such-judge]",
-                   f"hydra.run.dir={tmp_path / 'j2'}"], cwd=tmp_path)
-    assert out.returncode == 2 and "eval.judges='no-such-judge'" in out.stdout + out.stderr
-    assert "built-in judges: reward, profanity" in out.stdout + out.stderr
-
-
-def test_user_errors_exit_cleanly_with_the_fix(tmp_path):
-    out = run_detox(["experiment=quickstart", "reward.label=toxic", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
-    assert out.returncode == 2
-    assert "reward.label='toxic'" in out.stdout + out.stderr and "Traceback" not in out.stderr
-    out = run_detox(["experiment=quickstart", "policy.name_or_path=nobody/nothing", f"hydra.run.dir={tmp_path / 'p'}"],
-                  cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 2 and "experiment=quickstart" in out.stdout + out.stderr
+                     f"hydra.run.dir={tmp_path / 'j2'}"], cwd=tmp_path)
+    assert out.returncode == 2 and "eval.judges='no-such-judge'" in out.stderr and "Traceback" not in out.stderr
+    assert "built-in judges: reward, profanity" in out.stderr

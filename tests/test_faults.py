@@ -139,7 +139,7 @@ def test_submitit_preemption_checkpoints_first_then_requeues_and_resumes(tiny_ov
     assert r["status"] == "done" and len(r["resumes"]) == 1
     step = r["resumes"][0]["from_step"]
     assert [m["step"] for m in read_metrics(str(sweep / "0"))] == list(range(1, 21))
-    log = open(next((sweep / ".submitit").glob("*/*_0_log.out"))).read()
+    log = open(next((sweep / ".submitit").glob("*/*_0_log.err"))).read()  # our logs and submitit's, on stderr
     ours = log.index(f"interrupted by SIGUSR2 after step {step} (checkpoint {sweep / '0' / 'checkpoints' / f'step-{step}'})")
     assert ours < log.index("Calling checkpoint method") < log.index("Requeued job")
     assert log.index("Requeued job") < log.index(f"resumed from {sweep / '0' / 'checkpoints' / f'step-{step}'}")
