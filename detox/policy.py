@@ -235,7 +235,9 @@ def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig, temperature: floa
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers 5 renamed it; peft models forward the attribute to the wrapped model
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
     if hasattr(model, "enable_input_require_grads"):  # the frozen embeddings' output must carry grad
         model.enable_input_require_grads()
 
