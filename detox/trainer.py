@@ -186,7 +186,7 @@ class PPOTrainer:
             stats, skipped = {"ppo/epochs": 0, "ppo/skipped_minibatches": self.update.updates_per_step}, [problem]
         self.timings["perf/optimise_s"] = time.perf_counter() - t1
         self.guard.updates(skipped, self.step + 1)
-        self.guard.weights(bool(torch.stack([torch.isfinite(p).all() for p in self.trainable]).all()), self.step + 1)
+        self.guard.weights(self.weights_finite(), self.step + 1)
         mask = r.mask
         scores, kl_per_seq = r.scores, r.kl_per_seq
         if self.dist.enabled:  # the global batch's (every process's); the KL controller steps on them
@@ -271,6 +271,9 @@ class PPOTrainer:
         self.save(os.path.join(run_dir, FINAL_DIR))
         return metrics
 
+    def weights_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.trainable]).all())
+
     def _any_process(self, flag: bool) -> bool:
         """Whether `flag` holds on any process (one all-reduce when data-parallel)."""
         return self.dist.sum(float(flag)) > 0 if self.dist.enabled else flag
@@ -287,8 +290,7 @@ class PPOTrainer:
         """A checkpoint of this step (data-parallel: a collective; the main process writes).
         Never of non-finite weights. With `run_dir`, older `checkpoints/step-<N>` beyond
         `ppo.keep_last` are deleted afterwards."""
-        finite = bool(torch.stack([torch.isfinite(p).all() for p in self.trainable]).all())
-        self.guard.weights(finite, self.step)
+        self.guard.weights(self.weights_finite(), self.step)
         state = {**self.state(), "fingerprint": fingerprint(self.cfg)}
         if self.dist.is_main:
             save_checkpoint(path, self.policy, self.optimizer, state)
