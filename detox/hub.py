@@ -22,7 +22,10 @@ def friendly_load_error(key: str, name: str | None) -> Iterator[None]:
                 f"Could not load {key}={name!r} (an existing local path): {type(e).__name__}: {first_line}. "
                 "Check that it is a folder saved by save_pretrained of the right kind of model."
             ) from e
-        where = "a local path that does not exist" if looks_local(name) else "a hub name"
+        if looks_local(name):
+            raise LoadError(f"{key}={name!r} does not exist (a local path); point {key} at a folder saved by "
+                            "save_pretrained, or at a hub name.") from e
+        where = "a hub name"
         raise LoadError(
             f"Could not load {key}={name!r} ({where}): {type(e).__name__}: {first_line}. "
             f"If there is no network here or the name is wrong, point {key} at a local folder or "

@@ -83,9 +83,10 @@ def load_adapter(model: nn.Module, path: str, name: str, trainable: bool) -> Pef
                 return model
             return PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=trainable)
         except RuntimeError as e:  # size mismatch: an adapter made for another base model
+            lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line] or [str(e)]
             raise LoadError(
-                f"policy.adapter={path!r} does not fit policy.name_or_path: {str(e)[:400]}\n"
-                "Use the adapter saved by a run of the same base model."
+                f"policy.adapter={path!r} does not fit policy.name_or_path ({lines[0][:240]}); use the adapter "
+                "saved by a run of the same base model."
             ) from e
 
 
