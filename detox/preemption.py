@@ -51,7 +51,7 @@ class StopSignals:
 
     def __exit__(self, *exc) -> bool:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
         return False
 
     @property
@@ -76,5 +76,8 @@ class StopSignals:
         return lambda: previous(signum, None)
 
     def interrupted(self, checkpoint: str | None) -> Interrupted:
-        """The exception that ends a run after a deferred signal, once `checkpoint` is written."""
-        return Interrupted(self.name, self.received, self.step, checkpoint, self.chained(self.received))
+        """The exception that ends a run after a deferred signal, once `checkpoint` is written.
+        (Data-parallel: a process that got no signal stops with the others, as if by SIGTERM.)"""
+        signum = self.received if self.received is not None else signal.SIGTERM
+        name = self.name or "a stop signal to another process"
+        return Interrupted(name, signum, self.step, checkpoint, self.chained(signum) if self.received else None)

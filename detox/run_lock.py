@@ -68,6 +68,12 @@ class RunLock:
 
     def _stale(self, holder: dict) -> str | None:
         """Why `holder`'s lock may be taken over, or None if it may be alive."""
+        if not holder:  # empty or damaged: being written right now, or left by a crash mid-write
+            try:
+                age = time.time() - os.path.getmtime(self.path)
+            except FileNotFoundError:
+                return None
+            return f"its lock file is empty or damaged and {age:.0f} s old" if age > 60 else None
         if holder.get("pid") == self.info["pid"] and holder.get("host") == self.info["host"]:
             return "it is this process's own"
         if holder.get("cluster_job") and holder.get("cluster_job") == self.info["cluster_job"]:

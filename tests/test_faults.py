@@ -305,3 +305,17 @@ def test_eval_of_an_unfinished_run_says_which_step_and_needs_allow_unfinished(ba
     cfg.allow_unfinished = True
     _, checkpoint = load_run(cfg)
     assert checkpoint == str(tmp_path / "run" / "checkpoints" / "step-1")
+
+
+def test_an_empty_lock_file_is_busy_while_fresh_and_stale_when_old(tmp_path):
+    from detox.run_lock import RunLock
+
+    lock = tmp_path / "detox.lock"
+    lock.write_text("")  # a process killed between creating and writing its lock
+    with pytest.raises(RunDirBusy, match="in use by another process.*delete"):
+        RunLock(str(tmp_path), "ppo").acquire()
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    with RunLock(str(tmp_path), "ppo") as taken:
+        assert json.loads(lock.read_text())["pid"] == os.getpid() and taken.held
+    assert not lock.exists()
