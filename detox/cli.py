@@ -42,6 +42,9 @@ def main(cfg: DictConfig) -> float | None:
         _report_stop(cfg, e)
         if isinstance(e, Interrupted) and e.chain is not None:
             e.chain()  # the launcher's own handler (submitit requeues the job), once the checkpoint is safe
+        if _in_multirun() and not isinstance(e, Interrupted):
+            # A diverged point of a sweep is a result (results.json says so): the sweep goes on.
+            raise RuntimeError(f"{e.status}: {e}") from None
         sys.exit(e.exit_code)
     except (DetoxError, OSError) as e:
         # A user error (exit 2), or the disk / file system refusing (exit 1): one line that says

@@ -33,7 +33,7 @@ class SweepError(ValueError):
 @dataclass
 class Job:
     dir: str
-    status: str  # done | running | failed | missing (job dir without results.json, or no dir yet)
+    status: str  # done | running | failed | diverged | interrupted | missing (no results.json, or no dir yet)
     overrides: list[str]
     results: dict = field(default_factory=dict)
 

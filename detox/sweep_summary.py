@@ -37,12 +37,14 @@ def _judges(jobs: list[Job], judge: str | None) -> str:
 def markdown(sweep_dir: str, jobs: list[Job], points: list[Point], keys: list[str], split: str,
              judge: str | None, rouge_weight: float | None, plot: str | None) -> str:
     counts = {s: sum(j.status == s for j in jobs) for s in ("done", "running", "failed", "missing")}
+    stopped = {s: sum(j.status == s for j in jobs) for s in ("diverged", "interrupted")}
     weights = {objective_config(j, judge, rouge_weight)["rouge_weight"] for j in jobs if j.status == "done"}
     lines = [
         f"# Sweep {sweep_dir}",
         "",
         f"{len(jobs)} jobs: {counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
-        f"{counts['missing']} not started / missing.",
+        f"{counts['missing']} not started / missing"
+        + "".join(f", {n} {s}" for s, n in stopped.items() if n) + ".",
         "",
         f"Objective (higher is better), on the validation split: the toxicity reduction by the judge "
         f"`{_judges(jobs, judge)}` (before - after mean P(toxic)) minus "

@@ -232,8 +232,10 @@ def test_sweep_summary_reads_wrong_shapes_as_failed_jobs(tmp_path):
     (tmp_path / "1" / ".hydra").mkdir(parents=True)
     (tmp_path / "1" / ".hydra" / "overrides.yaml").write_text("- lora.r=8\n")
     (tmp_path / "1" / "results.json").write_text(json.dumps({"status": "running", "overrides": "lora.r=8"}))
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "results.json").write_text(json.dumps({"status": "diverged", "overrides": ["lora.r=16"]}))
     text = summarize(str(tmp_path))["markdown"]
-    assert "2 jobs: 0 done, 1 running, 1 failed, 0 not started" in text
+    assert "3 jobs: 0 done, 1 running, 1 failed, 0 not started / missing, 1 diverged." in text
     assert "unreadable results.json: a JSON list, not an object" in text
     assert "l= o=" not in text
 
