@@ -39,6 +39,7 @@ from transformers import SchedulerType, set_seed
 
 from detox.atomic import atomic_dir, atomic_write_jsonl
 from detox.data import fit_prompts, load_splits
+from detox.distributed import resolve_device
 from detox.errors import ConfigError, DataError
 from detox.eval_metrics import ROUGE_KEYS, rouge
 from detox.generation import decode_responses, generate_batches, generation_config
@@ -83,7 +84,9 @@ def build_model(cfg: DictConfig):
         if cfg.policy.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         return model
-    return load_base_model(cfg.policy)
+    # Full fine-tuning keeps fp32 weights; a half policy.dtype is the compute dtype (the trainer's
+    # bf16/fp16 autocast), since AdamW's small updates round away in half-precision weights.
+    return load_base_model(cfg.policy, dtype="float32")
 
 
 @torch.no_grad()
@@ -159,6 +162,9 @@ def run_sft(cfg: DictConfig) -> float:
 def _run_sft(cfg: DictConfig) -> float:
     run_dir = cfg.output_dir
     artifact = os.path.join(run_dir, FINAL_DIR, "adapter" if cfg.lora.enabled else "model")
+    if not cfg.lora.enabled and cfg.policy.dtype == "float16" and resolve_device(cfg.device).type == "cpu":
+        raise ConfigError("stage=sft full fine-tuning with policy.dtype=float16 needs a GPU (fp16 autocast); on a "
+                          "CPU use policy.dtype=bfloat16 or float32.")
     if cfg.sft.lr_scheduler not in {t.value for t in SchedulerType}:
         raise ConfigError(f"sft.lr_scheduler={cfg.sft.lr_scheduler!r} is unknown; use one of "
                           f"{sorted(t.value for t in SchedulerType)}.")

@@ -65,6 +65,9 @@ def training_arguments(cfg: DictConfig, trainer_dir: str, report_to: str) -> Seq
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=cpu,
+        # full fine-tuning: fp32 weights, the half policy.dtype as autocast (see sft.build_model)
+        bf16=not cfg.lora.enabled and cfg.policy.dtype == "bfloat16",
+        fp16=not cfg.lora.enabled and cfg.policy.dtype == "float16",
         per_device_train_batch_size=s.batch_size,
         per_device_eval_batch_size=s.eval_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_cfg
 from detox_cli import run_detox
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from detox.checkpoint import CheckpointError
 from detox.data import load_splits
@@ -212,3 +212,20 @@ def test_cli_sft_then_printed_ppo_command_composes(tiny, tmp_path):
     cfg = make_cfg(words[1:])  # the follow-up PPO run composes and validates
     validate(cfg)
     assert cfg.stage.value == "ppo" and cfg.policy.adapter == adapter and cfg.policy.name_or_path == tiny["policy"]
+
+
+def test_bf16_full_sft_keeps_fp32_weights_and_really_updates(tiny, tmp_path):
+    """bf16 weights in AdamW would round the small updates away: fp32 weights, bf16 autocast."""
+    out = str(tmp_path / "run")
+    cfg = make_cfg(sft_overrides(tiny, "lora.enabled=false", "policy.dtype=bfloat16", "sft.max_steps=1",
+                                 "sft.learning_rate=1e-5", "sft.eval_samples=2", "sft.eval_max_new_tokens=4"),
+                   output_dir=out)
+    run_sft(cfg)
+    from safetensors.torch import load_file
+
+    saved = load_file(os.path.join(out, "final", "model", "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}  # the master weights, not bf16 ones
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny["policy"]).state_dict()
+    shared = [k for k in saved if k in base]
+    changed = sum(int((saved[k] != base[k]).sum()) for k in shared) / sum(saved[k].numel() for k in shared)
+    assert changed > 0.99, changed
