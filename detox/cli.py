@@ -22,6 +22,12 @@ from detox.schema import register
 register()
 quiet_libraries()
 log = logging.getLogger("detox")
+# The disk refusing a write, and what to do about it.
+DISK_ERRORS = {errno.ENOSPC: "free some space, or point hydra.run.dir at another disk",
+               errno.EDQUOT: "free some quota, or point hydra.run.dir at another disk",
+               errno.EROFS: "point hydra.run.dir at a writable folder",
+               errno.EACCES: "point hydra.run.dir at a folder you can write to",
+               errno.EPERM: "point hydra.run.dir at a folder you can write to"}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://detox.conf", config_name="config")
@@ -47,8 +53,10 @@ def main(cfg: DictConfig) -> float | None:
             raise RuntimeError(f"{e.status}: {e}") from None
         sys.exit(e.exit_code)
     except (DetoxError, OSError) as e:
-        # A user error (exit 2), or the disk / file system refusing (exit 1): one line that says
-        # what is wrong and how to fix it; the traceback goes to detox.log only.
+        # A user error (exit 2), or the disk refusing a write (exit 1): one line that says what is
+        # wrong and how to fix it; the traceback goes to detox.log only. Other OSErrors are bugs.
+        if not isinstance(e, DetoxError) and e.errno not in DISK_ERRORS:
+            raise
         code = 2 if isinstance(e, DetoxError) else 1
         _one_line(e)
         if _in_multirun():
@@ -68,11 +76,7 @@ def _one_line(error: BaseException) -> None:
     """The error on stderr as one line, and with its traceback in the run's log file."""
     if isinstance(error, OSError) and not isinstance(error, DetoxError):
         text = f"{error.strerror or error} writing {error.filename or 'a file'}" if error.filename else str(error)
-        hint = {errno.ENOSPC: "free some space, or point hydra.run.dir at another disk",
-                errno.EDQUOT: "free some quota, or point hydra.run.dir at another disk",
-                errno.EROFS: "point hydra.run.dir at a writable folder",
-                errno.EACCES: "point hydra.run.dir at a folder you can write to"}.get(error.errno, "check the path")
-        message = f"OSError: {text}; {hint}. Checkpoints are written atomically: the newest one on disk is whole."
+        message = f"OSError: {text}; {DISK_ERRORS[error.errno]}. Checkpoints are written atomically: the newest one on disk is whole."
     else:
         message = f"{type(error).__name__}: {error}".replace("\n", " ")
     print(f"detox: {message}", file=sys.stderr)
