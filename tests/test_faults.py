@@ -319,3 +319,16 @@ def test_an_empty_lock_file_is_busy_while_fresh_and_stale_when_old(tmp_path):
     with RunLock(str(tmp_path), "ppo") as taken:
         assert json.loads(lock.read_text())["pid"] == os.getpid() and taken.held
     assert not lock.exists()
+
+
+def test_reward_clip_bounds_scores_and_ratio_threshold_skips_updates(tiny_overrides, tmp_path, caplog):
+    from test_trainer import make_trainer
+
+    trainer = make_trainer([*tiny_overrides, "reward.kind=logit", "reward.clip=0.01", "ppo.ratio_threshold=1.0000001",
+                            "ppo.learning_rate=0.05", "ppo.ppo_epochs=2", "ppo.guard.max_consecutive_skips=10"],
+                           tmp_path)
+    with caplog.at_level("WARNING", logger="detox.guards"):
+        metrics, r = trainer.train_step()
+    assert r.scores.abs().max() <= 0.01 and r.scores.abs().max() > 0  # old TRL's score_clip
+    # the first update moves the policy by lr 0.05: later mini-batches' ratios leave [1, 1 + 1e-7]
+    assert metrics["ppo/skipped_minibatches"] >= 1 and "> ppo.ratio_threshold=1" in caplog.text, metrics
