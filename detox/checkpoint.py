@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from detox.atomic import atomic_dir, atomic_write_json
 from detox.errors import CheckpointError
+from detox.overrides import under
 from detox.run_dir import CHECKPOINTS_DIR, FINAL_DIR
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ STRUCTURAL_KEYS = ("policy.name_or_path", "policy.revision", "policy.adapter", "
                    "policy.dtype", "lora")
 
 
-def _under(key: str, prefixes) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):
         out = {}
@@ -68,7 +65,7 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """Every setting that changes what training computes, flat (`ppo.learning_rate`: 2e-4)."""
     tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     flat = _flatten({k: tree[k] for k in TRAINING_KEYS if k in tree})
-    return {k: v for k, v in flat.items() if not _under(k, HONOURED_KEYS)}
+    return {k: v for k, v in flat.items() if not under(k, HONOURED_KEYS)}
 
 
 def _legacy(cfg: DictConfig) -> dict:
@@ -89,11 +86,11 @@ def check_resumable(path: str, saved: dict, cfg: DictConfig, allow) -> dict[str,
     """The changes of settings since checkpoint `path` that `allow` (resume_allow) lets through.
     CheckpointError naming every other change, with its old and new value."""
     diffs = fingerprint_diffs(saved, cfg)
-    allowed = {k: v for k, v in diffs.items() if _under(k, allow) and not _under(k, STRUCTURAL_KEYS)}
+    allowed = {k: v for k, v in diffs.items() if under(k, allow) and not under(k, STRUCTURAL_KEYS)}
     refused = {k: v for k, v in diffs.items() if k not in allowed}
     if refused:
         detail = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in refused.items())
-        structural = [k for k in refused if _under(k, STRUCTURAL_KEYS)]
+        structural = [k for k in refused if under(k, STRUCTURAL_KEYS)]
         if structural:
             fix = (f"{', '.join(structural)} cannot change on resume (the trained weights depend on it): resume "
                    "with the run's own settings")

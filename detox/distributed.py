@@ -123,6 +123,10 @@ class Distributed:
         """Sum over processes of a tensor (elementwise) or a float; the input in one process."""
         return self._reduce(x, "sum")
 
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` holds on any process (one all-reduce); `flag` itself in one process."""
+        return self.sum(float(flag)) > 0 if self.enabled else bool(flag)
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Every process's `x` (same shape everywhere), concatenated along dim 0 in rank order."""
         if not self.enabled:

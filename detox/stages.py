@@ -175,9 +175,14 @@ def finish_eval(cfg: DictConfig, evaluator: Evaluator, baseline: dict, run_dir: 
 # ------------------------------------------------------------------------------ stage=eval/export
 
 
+def _finished_run_lock(cfg: DictConfig):
+    """The lock of the run that stage=eval/export works on (a missing run dir: load_run says so)."""
+    return RunLock(cfg.run_dir, cfg.stage.value) if os.path.isdir(cfg.run_dir or "") else contextlib.nullcontext()
+
+
 def run_eval(cfg: DictConfig) -> float | None:
     """Evaluate a finished run against its starting policy; rewrites `<run_dir>/eval/`."""
-    with RunLock(cfg.run_dir, "eval") if os.path.isdir(cfg.run_dir or "") else contextlib.nullcontext():
+    with _finished_run_lock(cfg):
         return _run_eval(cfg)
 
 
@@ -209,7 +214,7 @@ def _run_eval(cfg: DictConfig) -> float | None:
 
 def run_export(cfg: DictConfig) -> None:
     """Merge a finished run's adapter into its base model and save a plain HF model."""
-    with RunLock(cfg.run_dir, "export") if os.path.isdir(cfg.run_dir or "") else contextlib.nullcontext():
+    with _finished_run_lock(cfg):
         _run_export(cfg)
 
 

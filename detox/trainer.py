@@ -254,7 +254,7 @@ class PPOTrainer:
                 bar.set_postfix(reward=f"{metrics['env/reward_mean']:.3f}", kl=f"{metrics['objective/kl']:.2f}",
                                 len=f"{metrics['response/length_mean']:.1f}")
                 self.guard.metrics(metrics, self.step)
-                if self._any_process(stop.received is not None):
+                if self.dist.any(stop.received is not None):
                     path = self.save(checkpoint_dir(run_dir, self.step), run_dir)
                     raise stop.interrupted(path)
                 if self._save_due(last_save):
@@ -274,17 +274,13 @@ class PPOTrainer:
     def weights_finite(self) -> bool:
         return bool(torch.stack([torch.isfinite(p).all() for p in self.trainable]).all())
 
-    def _any_process(self, flag: bool) -> bool:
-        """Whether `flag` holds on any process (one all-reduce when data-parallel)."""
-        return self.dist.sum(float(flag)) > 0 if self.dist.enabled else flag
-
     def _save_due(self, last_save: float) -> bool:
         cfg = self.ppo_cfg
         if self.step >= cfg.steps:  # final/ follows
             return False
         due = bool(cfg.save_every and self.step % cfg.save_every == 0)
         due |= bool(cfg.save_every_minutes and time.monotonic() - last_save >= 60 * cfg.save_every_minutes)
-        return self._any_process(due)
+        return self.dist.any(due)
 
     def save(self, path: str, run_dir: str | None = None) -> str:
         """A checkpoint of this step (data-parallel: a collective; the main process writes).

@@ -127,7 +127,7 @@ class PPOUpdate:
             reason = f"a non-finite gradient norm ({float(norm)})"
         elif threshold is not None and ratio > threshold:
             reason = f"mean ratio {ratio:.3g} > ppo.ratio_threshold={threshold:g}"
-        if self.dist.enabled and self.dist.sum(float(reason is not None)) > 0 and reason is None:
+        if self.dist.any(reason is not None) and reason is None:
             reason = "a non-finite value or a ratio past the threshold on another process"
         return reason, norm
 
@@ -138,6 +138,6 @@ class PPOUpdate:
                  "reference log-probs": r.ref_logprobs[m], "values": r.values[m]}
         finite = torch.stack([torch.isfinite(t).all() for t in parts.values()]).tolist()
         bad = [name for name, ok in zip(parts, finite) if not ok]
-        if self.dist.enabled and self.dist.sum(float(bool(bad))) > 0 and not bad:
+        if self.dist.any(bool(bad)) and not bad:
             bad = ["values on another process"]
         return f"non-finite {', '.join(bad)} in the rollout" if bad else None
