@@ -27,6 +27,8 @@ def generation_config(gen: DictConfig, model_config, greedy: bool = False) -> Ge
         pad_token_id=model_config.pad_token_id, eos_token_id=model_config.eos_token_id,
         decoder_start_token_id=model_config.decoder_start_token_id,
     )
+    if gen.get("cache_implementation") not in (None, "dynamic"):
+        config.cache_implementation = gen.cache_implementation
     if greedy:
         config.do_sample, config.top_k, config.top_p, config.temperature = False, None, None, None
     return config
@@ -58,14 +60,25 @@ def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationCo
 
 @torch.no_grad()
 def generate_capped(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: GenerationConfig,
-                    caps: np.ndarray, chunk: int | None) -> torch.Tensor:
+                    caps: np.ndarray, chunk: int | None, *, keep_encoder_states: bool = False):
     """Decoder sequences [B, 1 + L] (decoder start token first), sampled in chunks of `chunk`
     rows (None: all at once), each chunk up to its largest per-prompt cap; shorter chunks are
-    right-padded. Cutting each response at its own cap is the caller's (`ppo.response_mask`)."""
+    right-padded. Cutting each response at its own cap is the caller's (`ppo.response_mask`).
+
+    keep_encoder_states (`model` a `Policy`): also return the encoder's last hidden states
+    [B, S, H], computed once per chunk by `Policy.encode` and handed to `generate` (which then
+    skips its own, identical, encoder pass), so the rollout's policy forward can reuse them."""
     chunk = chunk or len(input_ids)
-    pieces = [model.generate(input_ids=input_ids[i : i + chunk], attention_mask=attention_mask[i : i + chunk],
-                             generation_config=gen, max_new_tokens=int(caps[i : i + chunk].max()))
-              for i in range(0, len(input_ids), chunk)]
+    pieces, states = [], []
+    for i in range(0, len(input_ids), chunk):
+        rows = slice(i, i + chunk)
+        extra = {}
+        if keep_encoder_states:
+            extra["encoder_outputs"] = model.encode(input_ids[rows], attention_mask[rows])
+            states.append(extra["encoder_outputs"].last_hidden_state)
+        pieces.append(model.generate(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                                     generation_config=gen, max_new_tokens=int(caps[rows].max()), **extra))
     width = max(p.shape[1] for p in pieces)
     pad = model.config.pad_token_id
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
+    sequences = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
+    return (sequences, torch.cat(states)) if keep_encoder_states else sequences

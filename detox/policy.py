@@ -152,9 +152,40 @@ class Policy(nn.Module):
         with self.autocast():
             return self.model.generate(**kwargs)
 
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The encoder's outputs (as `generate` computes them), in the compute dtype: passed to
+        `generate` and to `decode`, one encoder pass serves both."""
+        with self.autocast():
+            return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+
+    def decode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor, *,
+        encoder_outputs=None, keep_hidden: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, T, V] (at the sampling temperature) for decoder inputs [B, T], and the
+        decoder's last hidden state [B, T, H] (None unless keep_hidden). `encoder_outputs`
+        (from `encode`, rows matching) skips the encoder.
+
+        Only the last hidden state is kept: `output_hidden_states=True` would hold every
+        encoder and decoder layer's states, so a hook on the decoder takes its output.
+        """
+        hidden: list[torch.Tensor] = []
+        hook = self.model.get_decoder().register_forward_hook(
+            lambda module, args, out: hidden.append(out[0])) if keep_hidden else None
+        try:
+            with self.autocast():
+                out = self.model(
+                    input_ids=None if encoder_outputs is not None else input_ids, attention_mask=attention_mask,
+                    encoder_outputs=encoder_outputs, decoder_input_ids=decoder_input_ids, use_cache=False,
+                )
+        finally:
+            if hook is not None:
+                hook.remove()
+        return self._tempered(out.logits), hidden[-1] if keep_hidden else None
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
-        with_values: bool = True, detach_values: bool = False,
+        with_values: bool = True, detach_values: bool = False, encoder_outputs=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, T, V] and values [B, T] for decoder inputs [B, T].
 
@@ -162,16 +193,10 @@ class Policy(nn.Module):
         value is read at the same position. detach_values: the value loss then trains the head
         alone, not the (shared) decoder under it.
         """
-        with self.autocast():
-            out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                output_hidden_states=with_values, use_cache=False,
-            )
-        values = None
-        if with_values:
-            hidden = out.decoder_hidden_states[-1]
-            values = self.value_head(hidden.detach() if detach_values else hidden)
-        return self._tempered(out.logits), values
+        logits, hidden = self.decode(input_ids, attention_mask, decoder_input_ids, encoder_outputs=encoder_outputs,
+                                     keep_hidden=with_values)
+        values = None if hidden is None else self.value_head(hidden.detach() if detach_values else hidden)
+        return logits, values
 
     @torch.no_grad()
     def reference_logits(

@@ -565,10 +565,37 @@ def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
-# TRL's helpers (checked against TRL 1.16, trl/trainer/utils.py): selective_log_softmax ==
-# log_softmax + gather, keeps the logits' dtype (so we upcast first), fused Triton kernel on
-# CUDA; entropy_from_logits is chunked over rows. Imported on first use: importing trl takes
-# seconds, and the config schema imports this module for the estimator names.
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """log_softmax(logits)[labels] one batch row at a time, each row upcast to fp32 on the fly.
+
+    What it saves for backward is the logits in their own dtype and the [B, T] log-normalisers,
+    not an fp32 copy of the [B, T, V] logits (twice the size of bf16 logits, and kept until the
+    backward by a plain `logits.float().log_softmax(-1)`). The backward recomputes each row's
+    softmax. In fp32 the forward and the gradient are bit-identical to TRL's
+    `selective_log_softmax` (gather - logsumexp, row by row) on upcast logits.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out_dtype = _at_least_fp32(logits[:0]).dtype
+        logprobs = logits.new_empty(labels.shape, dtype=out_dtype)
+        lse = logits.new_empty(labels.shape, dtype=out_dtype)
+        for b in range(logits.shape[0]):
+            row = _at_least_fp32(logits[b])
+            lse[b] = torch.logsumexp(row, dim=-1)
+            logprobs[b] = row.gather(-1, labels[b].unsqueeze(-1)).squeeze(-1) - lse[b]
+        ctx.save_for_backward(logits, labels, lse)
+        return logprobs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, labels, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for b in range(logits.shape[0]):
+            # d/dx (x[y] - logsumexp(x)) = onehot(y) - softmax(x), as autograd composes it
+            row_grad = (-grad[b]).unsqueeze(-1) * (_at_least_fp32(logits[b]) - lse[b].unsqueeze(-1)).exp()
+            grad_logits[b] = row_grad.scatter_add_(-1, labels[b].unsqueeze(-1), grad[b].unsqueeze(-1))
+        return grad_logits, None
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -578,24 +605,24 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     decoder input (the same as ``generate``'s scores without logits processors).
 
     Args:
-        logits: [B, T, V] (any float dtype; upcast to fp32 before the softmax because
-            TRL's `selective_log_softmax` keeps the input dtype).
+        logits: [B, T, V] any float dtype; each row is upcast to fp32 on the fly, and no fp32
+            copy of the whole tensor is kept for the backward (see `_SelectiveLogSoftmax`).
         labels: [B, T] long token ids.
 
     Returns:
         [B, T] log-probs, fp32 (fp64 for fp64 logits). Padded positions are not masked.
     """
-    from trl.trainer.utils import selective_log_softmax
-
-    return selective_log_softmax(_at_least_fp32(logits), labels)
+    return _SelectiveLogSoftmax.apply(logits, labels)
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy (nats) of softmax(logits): [B, T, V] -> [B, T], in fp32.
 
-    Thin wrapper over TRL's chunked `entropy_from_logits`; call it under ``no_grad`` when it
-    is only logged. Padded positions are not masked (use `masked_mean`).
+    Row by row (as TRL's chunked `entropy_from_logits`), each row upcast on the fly; call it
+    under ``no_grad`` when it is only logged. Padded positions are not masked (use `masked_mean`).
     """
-    from trl.trainer.utils import entropy_from_logits
-
-    return entropy_from_logits(_at_least_fp32(logits))
+    out = []
+    for row in logits.reshape(-1, logits.shape[-1]).split(128):
+        logp = torch.log_softmax(_at_least_fp32(row), dim=-1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out).reshape(logits.shape[:-1])

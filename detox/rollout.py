@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from transformers import GenerationConfig
+from transformers.modeling_outputs import BaseModelOutput
 
 from detox import ppo
 from detox.generation import decode_responses, generate_capped
@@ -37,6 +38,9 @@ class Rollout:
     responses: list[str]
     ids: list
     rank: int | None = None  # the sampling process, in a data-parallel run
+    # [B, T, H] the decoder's last hidden state at rollout time (kept for value warm-up steps,
+    # where the policy does not move and only the value head trains on it)
+    hidden: torch.Tensor | None = None
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
@@ -57,7 +61,7 @@ class Rollout:
 
 
 def row_chunks(n: int, size: int, device: torch.device) -> list[torch.Tensor]:
-    """Row indices 0..n-1 in chunks of `size` (the micro-batch of the PPO passes)."""
+    """Row indices 0..n-1 in chunks of `size`."""
     return [torch.arange(i, min(i + size, n), device=device) for i in range(0, n, size)]
 
 
@@ -74,14 +78,17 @@ def forward_logprobs(policy: Policy, batch: dict[str, torch.Tensor], rows: torch
 def collect_rollout(policy: Policy, tokenizer, reward: RewardModel, prompts: list[str], ids: list,
                     caps: np.ndarray, *, gen_config: GenerationConfig, max_input_tokens: int,
                     generate_chunk: int | None, forward_chunk: int, device: torch.device,
-                    timings: dict[str, float]) -> Rollout:
+                    timings: dict[str, float], keep_hidden: bool = False) -> Rollout:
     """Sample one response per prompt (each cut at its own length cap), score it, and take the
-    per-token statistics PPO needs. Phase times go to `timings` (`perf/..._s`)."""
+    per-token statistics PPO needs, `forward_chunk` rows per forward pass. The policy's forward
+    reuses the encoder states of `generate`; the reference runs its own encoder (the adapter
+    acts on it too). keep_hidden: keep the decoder's last hidden state (`Rollout.hidden`).
+    Phase times go to `timings` (`perf/..._s`)."""
     enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_input_tokens,
                     return_tensors="pt").to(device)
     t0 = time.perf_counter()
-    sequences = generate_capped(policy, enc["input_ids"], enc["attention_mask"], gen_config, caps,
-                                generate_chunk)
+    sequences, encoder_states = generate_capped(policy, enc["input_ids"], enc["attention_mask"], gen_config, caps,
+                                                generate_chunk, keep_encoder_states=True)
     timings["perf/generate_s"] = time.perf_counter() - t0
     response_ids = sequences[:, 1:]
     mask = ppo.response_mask(response_ids, policy.config.eos_token_id, torch.as_tensor(caps, device=device))
@@ -94,20 +101,20 @@ def collect_rollout(policy: Policy, tokenizer, reward: RewardModel, prompts: lis
     timings["perf/reward_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-             "decoder_input_ids": decoder_input_ids, "response_ids": response_ids}
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "entropy")}
-    for chunk in row_chunks(len(prompts), forward_chunk, device):
-        logits, logprobs, values = forward_logprobs(policy, batch, chunk)
-        out["logprobs"].append(logprobs)
-        out["values"].append(values)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "entropy", "hidden")}
+    for rows in row_chunks(len(prompts), forward_chunk, device):
+        logits, hidden = policy.decode(enc["input_ids"][rows], enc["attention_mask"][rows], decoder_input_ids[rows],
+                                       encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[rows]))
+        out["logprobs"].append(ppo.logprobs_from_logits(logits, response_ids[rows]))
         out["entropy"].append(ppo.token_entropy(logits))
+        out["values"].append(policy.value_head(hidden))
+        if keep_hidden:
+            out["hidden"].append(hidden)
         del logits
-        ref_logits = policy.reference_logits(batch["input_ids"][chunk], batch["attention_mask"][chunk],
-                                             decoder_input_ids[chunk])
-        out["ref_logprobs"].append(ppo.logprobs_from_logits(ref_logits, response_ids[chunk]))
+        ref_logits = policy.reference_logits(enc["input_ids"][rows], enc["attention_mask"][rows], decoder_input_ids[rows])
+        out["ref_logprobs"].append(ppo.logprobs_from_logits(ref_logits, response_ids[rows]))
         del ref_logits
-    stats = {k: torch.cat(v) for k, v in out.items()}
+    stats = {k: torch.cat(v) if v else None for k, v in out.items()}
     timings["perf/forward_s"] = time.perf_counter() - t0
     return Rollout(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                    decoder_input_ids=decoder_input_ids, response_ids=response_ids, mask=mask,

@@ -108,6 +108,8 @@ class GenerationConfig:
     max_new_tokens_min: int = 100  # per-prompt cap drawn uniformly from [min, max)
     max_new_tokens_max: int = 400
     batch_size: Optional[int] = None  # prompts per generate() call; null: all at once
+    # transformers' KV cache for sampling: null (dynamic) or static (preallocated; same samples)
+    cache_implementation: Optional[str] = None
 
 
 @dataclass
@@ -136,6 +138,7 @@ class PPOConfig:
     batch_size: int = 16
     mini_batch_size: int = 4
     gradient_accumulation_steps: int = 1
+    forward_batch_size: Optional[int] = None  # rows per no-grad rollout forward; null: the whole batch
     ppo_epochs: int = 1
     advantage: AdvantageEstimator = AdvantageEstimator.gae  # a name registered in detox/ppo.py
     learning_rate: float = 1.41e-5
@@ -229,6 +232,7 @@ class Config:
     run_dir: Optional[str] = None  # for stage=eval/export: the finished run to use
     output_dir: str = MISSING  # set from Hydra's run dir
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None  # torch's CPU threads; null: the cores, shared among a local multirun's jobs
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -317,8 +321,12 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, key, allow_zero=True)
     if cfg.ppo.value_learning_rate is not None:
         _positive(cfg, "ppo.value_learning_rate")
-    if cfg.generation.batch_size is not None:
-        _positive(cfg, "generation.batch_size")
+    for key in ("generation.batch_size", "ppo.forward_batch_size", "threads"):
+        if OmegaConf.select(cfg, key) is not None:
+            _positive(cfg, key)
+    if cfg.generation.cache_implementation not in (None, "dynamic", "static"):
+        raise ConfigError(f"generation.cache_implementation={cfg.generation.cache_implementation!r} is not a KV "
+                          "cache detox supports: use null (dynamic) or static.")
     if cfg.ppo.batch_size % cfg.ppo.mini_batch_size:
         raise ConfigError(
             f"ppo.batch_size={cfg.ppo.batch_size} is not divisible by ppo.mini_batch_size="

@@ -167,7 +167,8 @@ class PPOTrainer:
         r = collect_rollout(
             self.policy, self.tokenizer, self.reward, list(rows["prompt"]), ids, caps, gen_config=self.gen_config,
             max_input_tokens=self.cfg.data.max_input_tokens, generate_chunk=gen.batch_size,
-            forward_chunk=self.update.micro_batch_size, device=self.device, timings=self.timings)
+            forward_chunk=self.ppo_cfg.forward_batch_size or len(indices), device=self.device, timings=self.timings,
+            keep_hidden=self.step < self.ppo_cfg.value_warmup_steps)
         r.rank = self.dist.rank if self.dist.enabled else None
         if self.cfg.reward.clip is not None:  # old TRL's score_clip
             r.scores = r.scores.clamp(-self.cfg.reward.clip, self.cfg.reward.clip)

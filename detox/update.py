@@ -69,7 +69,13 @@ class PPOUpdate:
                 first = len(stats["policy"])
                 for m in range(0, len(minibatch), micro):
                     rows = minibatch[m : m + micro]
-                    _, logprobs, values = forward_logprobs(self.policy, batch, rows, detach_values=warmup)
+                    if warmup and r.hidden is not None:
+                        # The policy does not move in a warm-up step: its log-probs are the
+                        # rollout's (ratio 1), and the value head trains on the rollout's hidden
+                        # states; no forward or backward through the model.
+                        logprobs, values = r.logprobs[rows], self.policy.value_head(r.hidden[rows])
+                    else:
+                        _, logprobs, values = forward_logprobs(self.policy, batch, rows, detach_values=warmup)
                     mask = r.mask[rows]
                     pg_loss, pg_stats = ppo.policy_loss(
                         logprobs, r.logprobs[rows], adv["advantages"][rows], mask, cfg.cliprange

@@ -377,10 +377,41 @@ def test_logprobs_from_logits_equals_log_softmax_gather():
     assert out_b.dtype == torch.float32
     expected_b = torch.log_softmax(lb.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     assert close(out_b, expected_b, 1e-5)
-    # differentiable
+    # the gradient is the analytic one: onehot(label) - softmax
     lg = logits.clone().requires_grad_(True)
-    ppo.logprobs_from_logits(lg, labels).sum().backward()
-    assert torch.isfinite(lg.grad).all()
+    weights = torch.randn(3, 4)
+    (ppo.logprobs_from_logits(lg, labels) * weights).sum().backward()
+    onehot = torch.nn.functional.one_hot(labels, 11).float()
+    assert close(lg.grad, weights.unsqueeze(-1) * (onehot - logits.softmax(-1)), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logprobs_from_logits_is_bit_identical_to_trl_on_upcast_logits(dtype):
+    """The row-by-row function changes no number: forward and gradient equal, bit for bit, TRL's
+    `selective_log_softmax` on an fp32 copy of the logits (the computation it replaced)."""
+    from trl.trainer.utils import selective_log_softmax
+
+    torch.manual_seed(4)
+    logits = (torch.randn(3, 5, 257) * 4).to(dtype)
+    labels = torch.randint(0, 257, (3, 5))
+    weights = torch.randn(3, 5)
+    ours, theirs = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    out = ppo.logprobs_from_logits(ours, labels)
+    expected = selective_log_softmax(theirs.float(), labels)
+    assert torch.equal(out, expected)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert ours.grad.dtype == dtype and torch.equal(ours.grad, theirs.grad)
+
+
+def test_logprobs_from_logits_keeps_no_fp32_copy_of_half_logits():
+    """What autograd holds for the backward: the bf16 logits and a [B, T] normaliser, not a
+    [B, T, V] fp32 copy."""
+    saved = []
+    logits = torch.randn(2, 3, 64).to(torch.bfloat16).requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ppo.logprobs_from_logits(logits, torch.zeros(2, 3, dtype=torch.long))
+    assert max(t.numel() * t.element_size() for t in saved) == logits.numel() * 2
 
 
 def test_token_entropy():
