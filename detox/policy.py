@@ -122,10 +122,19 @@ class Policy(nn.Module):
         # Gradient checkpointing: transformers recomputes activations only in training mode, so
         # the model stays in train mode, every dropout probability set to 0 (see `train`).
         self.checkpointing = False
+        # `ppo.compile`: the grad-enabled forwards (the PPO updates) through torch.compile; a
+        # plain function, not a registered module, so parameter names and checkpoints do not change.
+        self.compiled_call = None
 
     @property
     def config(self):
         return self.model.config
+
+    def compile(self) -> None:
+        """Compile the forward of the PPO updates (dynamic shapes: prompt and response widths
+        change every step). Generation and the no-grad rollout forwards stay eager."""
+        model = self.model
+        self.compiled_call = torch.compile(lambda **inputs: model(**inputs), dynamic=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -172,9 +181,10 @@ class Policy(nn.Module):
         hidden: list[torch.Tensor] = []
         hook = self.model.get_decoder().register_forward_hook(
             lambda module, args, out: hidden.append(out[0])) if keep_hidden else None
+        call = self.compiled_call if self.compiled_call is not None and torch.is_grad_enabled() else self.model
         try:
             with self.autocast():
-                out = self.model(
+                out = call(
                     input_ids=None if encoder_outputs is not None else input_ids, attention_mask=attention_mask,
                     encoder_outputs=encoder_outputs, decoder_input_ids=decoder_input_ids, use_cache=False,
                 )
@@ -280,7 +290,15 @@ def _zero_dropout(model: nn.Module) -> None:
 
 def assemble_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
     """The base model with the adapter scheme of the module docstring and a value head, as
-    loaded (no PPO settings: dropout and train mode are the caller's)."""
+    loaded (no PPO settings: dropout and train mode are the caller's). In bf16/fp16 the model
+    computes under autocast in that dtype while what trains (LoRA adapters, or every weight in
+    full fine-tuning) keeps fp32 weights: mixed precision."""
+    policy = _assemble(policy_cfg, lora_cfg)
+    policy.compute_dtype = DTYPES[policy_cfg.dtype] if policy_cfg.dtype != "float32" else None
+    return policy
+
+
+def _assemble(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
     half = policy_cfg.dtype != "float32"
     # Full fine-tuning keeps fp32 weights and computes in the half dtype (see Policy.compute_dtype).
     model = load_base_model(policy_cfg, dtype="float32" if half and not lora_cfg.enabled else None)
@@ -297,9 +315,7 @@ def assemble_policy(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
         if reference_is_base and adapter:
             raise ConfigError("policy.reference=base with a merged adapter and lora.enabled=false is "
                               "not supported; use lora.enabled=true.")
-        policy = Policy(model, "copy", reference)
-        policy.compute_dtype = DTYPES[policy_cfg.dtype] if half else None
-        return policy
+        return Policy(model, "copy", reference)
 
     check_target_modules(model, list(lora_cfg.target_modules))
     fresh = LoraConfig(

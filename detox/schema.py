@@ -139,6 +139,7 @@ class PPOConfig:
     mini_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     forward_batch_size: Optional[int] = None  # rows per no-grad rollout forward; null: the whole batch
+    compile: bool = False  # torch.compile the forward/backward of the PPO updates
     ppo_epochs: int = 1
     advantage: AdvantageEstimator = AdvantageEstimator.gae  # a name registered in detox/ppo.py
     learning_rate: float = 1.41e-5

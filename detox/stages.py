@@ -12,6 +12,7 @@ from transformers import set_seed
 
 from detox.atomic import atomic_write_json, cut_jsonl_after
 from detox.checkpoint import latest_checkpoint, load_trainable, read_state, saved_step
+from detox.compute import apply_threads, enable_tf32
 from detox.data import fit_prompts, load_splits
 from detox.distributed import Distributed, resolve_device, use_main_run_dir
 from detox.errors import CheckpointError, DetoxError
@@ -38,6 +39,8 @@ log = logging.getLogger("detox")
 
 def run_stage(cfg: DictConfig):
     validate(cfg)
+    apply_threads(cfg.threads)
+    enable_tf32(resolve_device(cfg.device))
     stages = {Stage.ppo: run_ppo, Stage.sft: run_sft, Stage.eval: run_eval, Stage.export: run_export}
     return stages[cfg.stage](cfg)
 

@@ -87,6 +87,8 @@ class PPOTrainer:
             # broadcast makes it certain), then each process samples under its own seed.
             dist.broadcast_parameters(self.trainable)
             set_seed(cfg.seed + 1_000_003 * dist.rank)
+        if cfg.ppo.compile:
+            policy.compile()
         self.update = PPOUpdate(cfg, policy, self.optimizer, self.trainable, dist, device)
         self.guard = DivergenceGuard(cfg.ppo)
         self.step = 0

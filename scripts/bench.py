@@ -1,36 +1,56 @@
-"""Benchmark PPO steps: time per phase and peak memory.
+"""How far is a detox PPO step from what the models alone cost?
 
-    python scripts/bench.py                       # the quickstart (tiny T5, CPU)
-    python scripts/bench.py --size base --device cuda --dtype bfloat16 --batch 16 \\
-        --new-tokens 100 400                      # flan-t5-base-sized policy from its config
+    python scripts/bench.py                          # quickstart models, batch 16, 40 new tokens, 1 thread
+    python scripts/bench.py --epochs 4               # 4 PPO epochs
+    python scripts/bench.py --size base --batch 4 --mini-batch 2 --new-tokens 16 --steps 3
+    python scripts/bench.py --vs-commit ac62045      # this tree against another commit, interleaved
+    python scripts/bench.py --size base --memory     # peak memory: shared-base reference vs a frozen copy
+    python scripts/bench.py --size base --device cuda --dtype bfloat16 --batch 16 --new-tokens 100 400
 
-`--size base` builds a T5 with flan-t5-base's architecture (248M parameters, vocab 32128) from
-its config with random weights (no hub here), a synthetic 32128-piece tokenizer, and a
-roberta-base-sized random classifier as the reward model (`--reward tiny` uses the shipped
-tiny one), saves them to a temp dir and loads them by path through the product's own code.
-Random weights rarely emit EOS, so responses run to their caps: a worst case for length.
-Prints one JSON line per step and a summary (median seconds per phase, samples/s, peak memory).
+In one process it alternates two ways of doing the same work on the same models and shapes:
+
+1. the project's PPO step (`PPOTrainer.train_step`), timed by phase (generate, reward,
+   forward = the rollout's no-grad forwards, optimise);
+2. a raw-compute baseline in plain transformers / peft / torch, no framework: one `generate`
+   with the same settings, the policy (+ value head) and reference forwards under no grad over
+   the same rollout tensors, then `ppo_epochs x batch / mini_batch` forward + backward +
+   AdamW steps (learning rate 0: the baseline never moves the weights the project trains).
+
+and prints medians per phase, the ratio project / raw, and the peak memory (RSS on a CPU,
+`torch.cuda.max_memory_allocated` on a GPU). `--vs-commit SHA` checks that commit out in a git
+worktree and runs the same in a second process, alternating A B A B; `--json` prints one JSON
+object. The first step of each side is warm-up and not counted.
+
+`--new-tokens N` makes every response exactly N tokens (EOS suppressed until then), so both
+sides and both commits do the same work; `--new-tokens MIN MAX` samples caps as a run does.
+`--size base` builds a T5 with flan-t5-base's architecture (248M parameters) from its config
+with random weights (nothing can be downloaded here), a synthetic 32128-piece tokenizer and a
+roberta-base-sized random classifier (`--reward tiny`: the shipped tiny one), saves them to a
+temp dir and loads them by path through the product's own code.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 import torch
-from hydra import compose, initialize_config_module
 
-from detox.schema import register
-from detox.stages import build_ppo
-from detox.runs import quiet_libraries
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASES = ("generate", "reward", "forward", "optimise")
 
 
+# ------------------------------------------------------------------------------ models and config
 def build_base_models(root: str, reward: str) -> dict[str, str]:
     from transformers import (RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast,
                               T5Config, T5ForConditionalGeneration, T5Tokenizer)
@@ -43,6 +63,7 @@ def build_base_models(root: str, reward: str) -> dict[str, str]:
     config = T5Config(vocab_size=32128, d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_heads=12,
                       feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0,
                       eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(0)
     policy = os.path.join(root, "t5-base")
     T5ForConditionalGeneration(config).save_pretrained(policy)
     tok.save_pretrained(policy)
@@ -61,63 +82,356 @@ def build_base_models(root: str, reward: str) -> dict[str, str]:
     return paths
 
 
+def overrides_for(args, paths: dict[str, str]) -> list[str]:
+    """Hydra overrides for the benchmarked config (keys every commit since ac62045 knows)."""
+    out = ["experiment=quickstart", "logger=none", f"device={args.device}", f"policy.dtype={args.dtype}",
+           f"ppo.steps={args.steps + 1}", f"ppo.batch_size={args.batch}", f"ppo.mini_batch_size={args.mini_batch}",
+           f"ppo.ppo_epochs={args.epochs}", "ppo.value_warmup_steps=0", "eval.enabled=false"]
+    if "policy" in paths:
+        out += [f"policy.name_or_path={paths['policy']}", "lora.r=32", "lora.alpha=32", "lora.target_modules=[q,v]"]
+    if "reward" in paths:
+        out += [f"reward.name_or_path={paths['reward']}"]
+    low, high = (args.new_tokens[0], args.new_tokens[0] + 1) if len(args.new_tokens) == 1 else args.new_tokens
+    out += [f"generation.max_new_tokens_min={low}", f"generation.max_new_tokens_max={high}"]
+    if len(args.new_tokens) == 1:  # EOS suppressed until N tokens (the decoder start token counts)
+        out += [f"generation.min_length={low + 1}"]
+    if args.gen_batch:
+        out += [f"generation.batch_size={args.gen_batch}"]
+    return out + list(args.overrides)
+
+
+def machine(args) -> dict:
+    import peft
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version()}
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+# ------------------------------------------------------------------------------ the raw baseline
+class RawBaseline:
+    """The same work as a PPO step in plain transformers / peft / torch, on the project's own
+    model objects (the LoRA-wrapped policy, its value head, the reward classifier)."""
+
+    def __init__(self, trainer, cfg):
+        self.cfg, self.device = cfg, trainer.device
+        policy = trainer.policy
+        self.model, self.head, self.tokenizer, self.gen_config = policy.model, policy.value_head, trainer.tokenizer, \
+            trainer.gen_config
+        self.reward = trainer.reward  # its .model and .tokenizer: a transformers classifier
+        self.reference_copy = policy.reference_model if policy.reference_mode == "copy" else None
+        config = self.model.config
+        tied = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False))
+        self.scale = config.d_model ** -0.5 if tied else 1.0
+        half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.policy.dtype)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=half)) if half else contextlib.nullcontext
+        trainable = [p for p in list(self.model.parameters()) + list(self.head.parameters()) if p.requires_grad]
+        self.trainable = trainable
+        self.optimizer = torch.optim.AdamW(trainable, lr=0.0)
+
+    @contextlib.contextmanager
+    def reference(self):
+        if self.reference_copy is not None:
+            yield self.reference_copy
+        else:  # peft: the base model under the adapters
+            with self.model.disable_adapter():
+                yield self.model
+
+    def _forward(self, model, input_ids, attention_mask, decoder_input_ids, labels, values: bool):
+        with self.autocast():
+            encoded = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoded,
+                                         encoder_attention_mask=attention_mask).last_hidden_state
+            logits = model.get_output_embeddings()(hidden * self.scale)
+        logprobs = torch.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        return logprobs, self.head.summary(hidden.float()).squeeze(-1) if values else None
+
+    def step(self, r) -> dict[str, float]:
+        times = {}
+        t0 = time.perf_counter()
+        with torch.no_grad(), self.autocast():
+            self.model.generate(input_ids=r.input_ids, attention_mask=r.attention_mask,
+                                generation_config=self.gen_config, max_new_tokens=r.response_ids.shape[1])
+        times["generate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            texts = ([p + s for p, s in zip(r.prompts, r.responses)] if self.cfg.reward.input == "prompt_response"
+                     else r.responses)
+            batch = self.reward.tokenizer(texts, padding=True, truncation=True, max_length=self.reward.max_length,
+                                          return_tensors="pt").to(self.reward.device)
+            self.reward.model(**batch).logits.softmax(-1)
+        times["reward"] = time.perf_counter() - t0
+
+        inputs = (r.input_ids, r.attention_mask, r.decoder_input_ids, r.response_ids)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            old_logprobs, old_values = self._forward(self.model, *inputs, values=True)
+            with self.reference() as reference:
+                self._forward(reference, *inputs, values=False)
+        times["forward"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        mask = r.mask
+        advantages = (r.scores - r.scores.mean())[:, None].expand_as(mask)
+        returns = old_values + advantages
+        ppo = self.cfg.ppo
+        micro = ppo.mini_batch_size // ppo.gradient_accumulation_steps
+        for _ in range(ppo.ppo_epochs):
+            order = torch.randperm(len(mask)).to(self.device)
+            for start in range(0, len(order), ppo.mini_batch_size):
+                minibatch = order[start:start + ppo.mini_batch_size]
+                for m in range(0, len(minibatch), micro):
+                    rows = minibatch[m:m + micro]
+                    logprobs, values = self._forward(self.model, *(x[rows] for x in inputs), values=True)
+                    ratio = torch.exp(logprobs - old_logprobs[rows])
+                    adv, w = advantages[rows], mask[rows]
+                    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - ppo.cliprange, 1 + ppo.cliprange))
+                    vf = (values - returns[rows]) ** 2
+                    loss = ((pg + ppo.vf_coef * vf) * w).sum() / w.sum()
+                    (loss / ppo.gradient_accumulation_steps).backward()
+                if ppo.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.trainable, ppo.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        times["optimise"] = time.perf_counter() - t0
+        times["total"] = sum(times[p] for p in PHASES)
+        return times
+
+
+# ------------------------------------------------------------------------------ one side
+class Side:
+    """One commit's trainer (this process's `detox`) and the raw baseline on its models."""
+
+    def __init__(self, overrides: list[str], reference: str, raw: bool):
+        from hydra import compose, initialize_config_module
+
+        from detox.schema import register
+        from detox.stages import build_ppo
+
+        with contextlib.suppress(ImportError):
+            from detox.runs import quiet_libraries
+
+            quiet_libraries()
+        register()
+        logging.getLogger("detox").setLevel(logging.ERROR)  # e.g. the KL sign warning of min_length
+        self.rss_before_models = _rss_now_gb()
+        with initialize_config_module("detox.conf", version_base="1.3"):
+            self.cfg = compose("config", overrides=overrides)
+        self.trainer, _ = build_ppo(self.cfg)
+        if reference == "copy":
+            make_reference_a_frozen_copy(self.trainer.policy, self.cfg)
+        self.raw = RawBaseline(self.trainer, self.cfg) if raw else None
+        self.rollout = None
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def project(self) -> dict[str, float]:
+        sync()
+        t0 = time.perf_counter()
+        _, self.rollout = self.trainer.train_step()
+        sync()
+        total = time.perf_counter() - t0
+        times = {p: self.trainer.timings.get(f"perf/{p}_s", float("nan")) for p in PHASES}
+        return {**times, "total": total, "response_tokens": float(self.rollout.mask.sum())}
+
+    def baseline(self) -> dict[str, float]:
+        sync()
+        times = self.raw.step(self.rollout)
+        sync()
+        return times
+
+    def memory(self) -> dict[str, float]:
+        out = {"peak_rss_gb": _peak_rss_gb(), "peak_rss_above_libraries_gb": _peak_rss_gb() - self.rss_before_models}
+        if torch.cuda.is_available():
+            out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return {k: round(v, 3) for k, v in out.items()}
+
+
+def make_reference_a_frozen_copy(policy, cfg) -> None:
+    """The other way to hold a reference: a second, frozen copy of the base model (what a
+    framework without adapter-disabling does), for the memory comparison."""
+    from detox.policy import load_base_model
+
+    device = next(policy.parameters()).device
+    policy.reference_model = load_base_model(cfg.policy).to(device).eval().requires_grad_(False)
+    policy.reference_mode = "copy"
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rss_now_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ------------------------------------------------------------------------------ worker processes
+def worker(args) -> None:
+    """Serve `project` / `raw` / `memory` commands from stdin, one JSON line each (for --vs-commit)."""
+    side = Side(json.loads(args.worker), args.reference, raw=args.raw)
+    print(json.dumps({"ready": True, "detox": os.path.dirname(sys.modules["detox"].__file__)}), flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        result = {"project": side.project, "raw": side.baseline, "memory": side.memory}[command]()
+        print(json.dumps(result), flush=True)
+
+
+class Worker:
+    def __init__(self, overrides: list[str], args, pythonpath: str | None = None, reference: str = "shared",
+                 raw: bool = True):
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(overrides), "--threads",
+               str(args.threads), "--reference", reference, *(["--raw"] if raw else [])]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench worker died (exit {self.proc.wait()}); run it alone to see its error")
+        return json.loads(line)
+
+    def __call__(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def worktree(sha: str) -> str:
+    """A git worktree of `sha` in a temp dir, importable as `detox` (its conf/ linked in)."""
+    path = os.path.join(tempfile.gettempdir(), f"detox-bench-{sha[:12]}")
+    if not os.path.isdir(path):
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-f", path, sha], check=True,
+                       capture_output=True)
+    conf = os.path.join(path, "detox", "conf")
+    if not os.path.exists(conf):  # an editable install maps detox.conf to conf/; a plain path does not
+        os.symlink(os.path.join(path, "conf"), conf)
+    return path
+
+
+# ------------------------------------------------------------------------------ summary
+def medians(rows: list[dict]) -> dict[str, float]:
+    rows = rows[1:] or rows  # the first step includes warm-up
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def table(title: str, columns: dict[str, dict[str, float]], ratios: dict[str, tuple[str, str]]) -> str:
+    keys = [*PHASES, "total"]
+    head = f"{title:<12}" + "".join(f"{c:>12}" for c in [*columns, *ratios])
+    lines = [head, "-" * len(head)]
+    for k in keys:
+        cells = [f"{columns[c].get(k, float('nan')):>12.3f}" for c in columns]
+        cells += [f"{columns[a][k] / columns[b][k]:>12.2f}" if columns[b].get(k) else f"{'':>12}"
+                  for a, b in ratios.values()]
+        lines.append(f"{k + ' s':<12}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "base"], default="tiny")
-    ap.add_argument("--reward", choices=["tiny", "base"], default="base")
+    ap.add_argument("--reward", choices=["tiny", "base"], default="base", help="with --size base")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--mini-batch", type=int, default=None)
-    ap.add_argument("--new-tokens", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per side (plus one warm-up step)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--mini-batch", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--new-tokens", type=int, nargs="+", default=[40], metavar="N")
     ap.add_argument("--gen-batch", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip the raw baseline")
+    ap.add_argument("--vs-commit", default=None, metavar="SHA")
+    ap.add_argument("--memory", action="store_true",
+                    help="peak memory with the shared-base reference vs a frozen copy (two processes)")
+    ap.add_argument("--reference", choices=["shared", "copy"], default="shared")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--raw", dest="raw", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
-    register()
-    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker is not None:
+        return worker(args)
+    if len(args.new_tokens) not in (1, 2):
+        ap.error("--new-tokens takes N (exactly N tokens) or MIN MAX")
 
-    overrides = ["experiment=quickstart", "logger=none", f"device={args.device}", f"policy.dtype={args.dtype}",
-                 f"ppo.steps={args.steps}"]
     tmp = tempfile.mkdtemp(prefix="detox-bench-")
-    if args.size == "base":
-        paths = build_base_models(tmp, args.reward)
-        overrides += [f"policy.name_or_path={paths['policy']}", "lora.r=32", "lora.alpha=32",
-                      "lora.target_modules=[q,v]"]
-        if "reward" in paths:
-            overrides += [f"reward.name_or_path={paths['reward']}"]
-    if args.batch:
-        overrides += [f"ppo.batch_size={args.batch}"]
-    if args.mini_batch:
-        overrides += [f"ppo.mini_batch_size={args.mini_batch}"]
-    if args.new_tokens:
-        overrides += [f"generation.max_new_tokens_min={args.new_tokens[0]}",
-                      f"generation.max_new_tokens_max={args.new_tokens[1]}"]
-    if args.gen_batch:
-        overrides += [f"generation.batch_size={args.gen_batch}"]
-    with initialize_config_module("detox.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"output_dir={tmp}/run", *overrides, *args.overrides])
+    paths = build_base_models(tmp, args.reward) if args.size == "base" else {}
+    overrides = [f"output_dir={tmp}/run", *overrides_for(args, paths)]
+    report = {"machine": machine(args), "size": args.size, "device": args.device, "dtype": args.dtype,
+              "batch": args.batch, "mini_batch": args.mini_batch, "epochs": args.epochs,
+              "new_tokens": args.new_tokens, "steps": args.steps, "overrides": overrides[1:]}
 
-    trainer, _ = build_ppo(cfg)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    rows = []
-    for step in range(cfg.ppo.steps):
-        metrics, _ = trainer.train_step()
-        row = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("perf/", "response/"))}
-        print(json.dumps({"step": step + 1, **row}), flush=True)
-        rows.append(row)
-    timed = rows[1:] or rows  # the first step includes warm-up
-    summary = {k: round(statistics.median(r[k] for r in timed), 4) for k in timed[0]}
-    summary.update(size=args.size, device=args.device, dtype=args.dtype, batch=cfg.ppo.batch_size,
-                   new_tokens=[cfg.generation.max_new_tokens_min, cfg.generation.max_new_tokens_max],
-                   peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
-    if torch.cuda.is_available():
-        summary["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print("summary " + json.dumps(summary))
+    if args.memory:
+        sides = {ref: Worker(overrides, args, reference=ref, raw=False) for ref in ("shared", "copy")}
+        for ref, w in sides.items():
+            for _ in range(2):
+                w("project")
+            report[f"memory_{ref}_reference"] = w("memory")
+            w.close()
+        s, c = report["memory_shared_reference"], report["memory_copy_reference"]
+        report["memory_ratio_shared_vs_copy"] = {k: round(s[k] / c[k], 3) for k in s}
+        text = "\n".join(f"{k:<32} shared {s[k]:8.3f}   copy {c[k]:8.3f}   ratio {s[k] / c[k]:.3f}" for k in s)
+    elif args.vs_commit:
+        sha = subprocess.run(["git", "-C", ROOT, "rev-parse", args.vs_commit], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        here = Worker(overrides, args, pythonpath=ROOT, raw=args.raw)
+        there = Worker(overrides, args, pythonpath=worktree(sha), raw=False)
+        rows = {"this": [], "raw": [], sha[:8]: []}
+        for _ in range(args.steps + 1):  # A B A B ...
+            rows["this"].append(here("project"))
+            if args.raw:
+                rows["raw"].append(here("raw"))
+            rows[sha[:8]].append(there("project"))
+        report["memory"] = {"this": here("memory"), sha[:8]: there("memory")}
+        here.close(), there.close()
+        columns = {k: medians(v) for k, v in rows.items() if v}
+        ratios = {f"/{sha[:8]}": ("this", sha[:8]), **({"/raw": ("this", "raw")} if args.raw else {})}
+        report.update(medians=columns, ratios={name: {k: columns[a][k] / columns[b][k] for k in [*PHASES, "total"]
+                                                      if columns[b].get(k)} for name, (a, b) in ratios.items()})
+        text = table("median", columns, ratios)
+    else:
+        side = Side(overrides, args.reference, raw=args.raw)
+        rows = {"project": [], "raw": []}
+        for _ in range(args.steps + 1):
+            rows["project"].append(side.project())
+            if args.raw:
+                rows["raw"].append(side.baseline())
+        report["memory"] = side.memory()
+        columns = {k: medians(v) for k, v in rows.items() if v}
+        ratios = {"project/raw": ("project", "raw")} if args.raw else {}
+        report.update(medians=columns, ratios={name: {k: columns[a][k] / columns[b][k] for k in [*PHASES, "total"]
+                                                      if columns[b].get(k)} for name, (a, b) in ratios.items()})
+        text = table("median", columns, ratios) + f"\npeak memory: {report['memory']}"
+    if args.json:
+        print(json.dumps(report))
+    else:
+        m = report["machine"]
+        print(f"{args.size} on {args.device} ({m['cpu']}, {m['threads']} threads), {args.dtype}, batch {args.batch}, "
+              f"mini-batch {args.mini_batch}, {args.epochs} epoch(s), new tokens {args.new_tokens}, "
+              f"medians of {args.steps} steps; torch {m['torch']}, transformers {m['transformers']}")
+        print(text)
 
 
 if __name__ == "__main__":
-    t0 = time.time()
     main()
-    print(f"total {time.time() - t0:.1f}s", file=sys.stderr)

@@ -7,6 +7,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
+# One torch thread in tests, in-process (the stages honour OMP_NUM_THREADS) and in subprocesses.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 sys.path.insert(0, os.path.dirname(__file__))
 

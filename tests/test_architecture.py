@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "detox"
 
 LAYERS = {
     0: ["errors", "atomic", "run_dir", "overrides", "ppo", "eval_metrics", "schema"],
-    1: ["hub", "plots", "results", "checkpoint", "distributed", "sweep", "tracking", "preemption", "run_lock",
+    1: ["hub", "plots", "results", "checkpoint", "distributed", "sweep", "compute", "tracking", "preemption", "run_lock",
         "guards"],
     2: ["data", "policy", "reward", "judges", "generation"],
     3: ["rollout", "update", "trainer", "report", "report_files", "evaluation", "sft_trainer"],

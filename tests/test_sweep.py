@@ -184,7 +184,7 @@ def test_a_failing_job_does_not_stop_the_sweep(launcher, tiny_overrides, tmp_pat
     sweep = tmp_path / "sweep"
     # job 0 fails at its config check (batch 8 is not divisible by mini-batch 3); job 1 must still run
     out = run_detox(["-m", *tiny_overrides, "eval.enabled=false", "ppo.mini_batch_size=3,4",
-                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, threads=1,
+                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, threads=None,
                     timeout=600)
     assert out.returncode == 1, out.stderr[-3000:]  # the sweep ends non-zero, after every job ran
     assert "ppo.mini_batch_size=3" in out.stderr
@@ -196,6 +196,12 @@ def test_a_failing_job_does_not_stop_the_sweep(launcher, tiny_overrides, tmp_pat
         logs = sorted(glob.glob(str(sweep / ".submitit" / "*" / "*_log.out")))
         assert len(logs) == 2 and len({os.path.dirname(p) for p in logs}) == 2
         assert any(f"detox: run dir {sweep / '1'}" in open(p).read() for p in logs)
+        # the two jobs ran at once: each took its share of the cores (no oversubscription)
+        job_logs = "".join(open(p).read() for p in glob.glob(str(sweep / ".submitit" / "*" / "*_log.err")))
+        cores = len(os.sched_getaffinity(0))
+        assert f"threads: {max(1, cores // 2)} ({cores} cores shared by 2 parallel jobs" in job_logs
+    else:  # one job at a time: each may use every core
+        assert f"threads: {len(os.sched_getaffinity(0))} (" in out.stderr
     text = summarize(str(sweep))["markdown"]
     assert "2 jobs: 1 done, 0 running, 1 failed" in text
     assert "| 0 | failed | `ppo.mini_batch_size=3` | ConfigError: ppo.batch_size=8" in text
