@@ -280,12 +280,15 @@ def _peak_rss_gb() -> float:
 # ------------------------------------------------------------------------------ worker processes
 def worker(args) -> None:
     """Serve `project` / `raw` / `memory` commands from stdin, one JSON line each (for --vs-commit)."""
+    replies = os.fdopen(os.dup(1), "w")  # the protocol's own channel: whatever else prints goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     side = Side(json.loads(args.worker), args.reference, raw=args.raw)
-    print(json.dumps({"ready": True, "detox": os.path.dirname(sys.modules["detox"].__file__)}), flush=True)
+    print(json.dumps({"ready": True, "detox": os.path.dirname(sys.modules["detox"].__file__)}), file=replies, flush=True)
     for line in sys.stdin:
         command = line.strip()
         result = {"project": side.project, "raw": side.baseline, "memory": side.memory}[command]()
-        print(json.dumps(result), flush=True)
+        print(json.dumps(result), file=replies, flush=True)
 
 
 class Worker:

@@ -190,3 +190,20 @@ def test_tempered_logprobs_match_generates_processed_scores(tiny, batch):
     torch.testing.assert_close(fwd_logprobs[mask], gen_logprobs[mask], atol=1e-4, rtol=1e-4)
     ref = ppo.logprobs_from_logits(policy.reference_logits(batch[0], batch[1], seqs[:, :-1]), seqs[:, 1:])
     torch.testing.assert_close(ref[mask], fwd_logprobs[mask].detach(), atol=1e-5, rtol=1e-5)  # KL 0 at start
+
+
+def test_decode_keeps_only_the_last_hidden_state_and_reuses_encoder_states(tiny, batch):
+    """What the performance work relies on, bit for bit: the decoder hook gives the same last
+    hidden state as `output_hidden_states=True` (which would keep every layer's), and logits
+    from `encode`'s states equal those of a forward that runs the encoder itself."""
+    policy = policy_for(tiny)
+    policy.eval()
+    with torch.no_grad():
+        out = policy.model(input_ids=batch[0], attention_mask=batch[1], decoder_input_ids=batch[2],
+                           output_hidden_states=True, use_cache=False)
+        logits, hidden = policy.decode(*batch)
+        reused, _ = policy.decode(*batch, encoder_outputs=policy.encode(batch[0], batch[1]))
+        _, no_hidden = policy.decode(*batch, keep_hidden=False)
+    assert torch.equal(hidden, out.decoder_hidden_states[-1]) and torch.equal(logits, out.logits)
+    assert torch.equal(reused, logits) and no_hidden is None
+    assert torch.equal(policy(*batch)[1], policy.value_head(hidden))

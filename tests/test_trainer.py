@@ -150,3 +150,42 @@ def test_value_warmup_trains_only_the_value_head(tiny_overrides, tmp_path):
     trainer.train_step()  # warm-up over: the adapter moves too
     assert any("lora_" in n for n, p in trainer.policy.named_parameters()
                if p.requires_grad and not torch.equal(p, before[n]))
+
+
+def test_value_warmup_trains_the_head_on_the_rollouts_hidden_states(tiny_overrides, tmp_path):
+    """A warm-up step runs no model forward or backward: the head trains on the rollout's hidden
+    states and the policy's log-probs are the rollout's. Same statistics and the same head,
+    bit for bit, as the full forward it replaces."""
+    import copy
+
+    trainer = make_trainer([*tiny_overrides, "ppo.value_warmup_steps=1", "ppo.ppo_epochs=2"], tmp_path)
+    r = trainer.rollout(trainer.sampler.next_indices())
+    assert r.hidden is not None and r.hidden.shape[:2] == r.mask.shape
+    adv = trainer.update.advantages(r, trainer.kl_ctl.value)
+    start = copy.deepcopy((trainer.policy.value_head.state_dict(), trainer.optimizer.state_dict()))
+    calls = []
+    hook = trainer.policy.model.get_encoder().register_forward_hook(lambda *a: calls.append(1))
+    cached_stats, _ = trainer.update.optimise(r, adv, step=0)
+    hook.remove()
+    cached_head = copy.deepcopy(trainer.policy.value_head.state_dict())
+    assert not calls and cached_stats["ppo/policy/ratio_mean"] == 1.0
+
+    trainer.policy.value_head.load_state_dict(start[0])
+    trainer.optimizer.load_state_dict(start[1])
+    r.hidden = None  # the full forward, values detached
+    full_stats, _ = trainer.update.optimise(r, adv, step=0)
+    assert full_stats == cached_stats
+    assert all(torch.equal(cached_head[k], v) for k, v in trainer.policy.value_head.state_dict().items())
+    assert not torch.equal(cached_head["summary.weight"], start[0]["summary.weight"])  # the head did train
+
+
+@pytest.mark.slow
+def test_compiled_updates_train_and_save_the_same_parameters(tiny_overrides, tmp_path):
+    """ppo.compile=true (minutes of compilation on a CPU): steps run, and the checkpoint holds the
+    same parameter names as an eager run's (the compiled call is not a registered module)."""
+    eager = make_trainer(tiny_overrides, tmp_path / "eager")
+    compiled = make_trainer([*tiny_overrides, "ppo.compile=true"], tmp_path / "compiled")
+    for _ in range(2):
+        metrics, _ = compiled.train_step()
+    assert all(v == v for v in metrics.values())  # no NaN
+    assert compiled.policy.trainable_state_dict().keys() == eager.policy.trainable_state_dict().keys()
