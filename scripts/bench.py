@@ -430,9 +430,10 @@ def main() -> None:
         print(json.dumps(report))
     else:
         m = report["machine"]
+        what = "peak memory over 2 steps" if args.memory else f"medians of {args.steps} steps"
         print(f"{args.size} on {args.device} ({m['cpu']}, {m['threads']} threads), {args.dtype}, batch {args.batch}, "
               f"mini-batch {args.mini_batch}, {args.epochs} epoch(s), new tokens {args.new_tokens}, "
-              f"medians of {args.steps} steps; torch {m['torch']}, transformers {m['transformers']}")
+              f"{what}; torch {m['torch']}, transformers {m['transformers']}")
         print(text)
 
 
