@@ -8,7 +8,6 @@ traceback). The messages are pinned by their key phrases."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
