@@ -4,6 +4,7 @@
     python scripts/bench.py --epochs 4               # 4 PPO epochs
     python scripts/bench.py --size base --batch 4 --mini-batch 2 --new-tokens 16 --steps 3
     python scripts/bench.py --vs-commit ac62045      # this tree against another commit, interleaved
+    python scripts/bench.py --vs-commit HEAD --this ppo.compile=true   # a setting against the default
     python scripts/bench.py --size base --memory     # peak memory: shared-base reference vs a frozen copy
     python scripts/bench.py --size base --device cuda --dtype bfloat16 --batch 16 --new-tokens 100 400
 
@@ -362,7 +363,10 @@ def main() -> None:
     ap.add_argument("--gen-batch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip the raw baseline")
-    ap.add_argument("--vs-commit", default=None, metavar="SHA")
+    ap.add_argument("--vs-commit", default=None, metavar="SHA",
+                    help="also time another commit (HEAD: this code without uncommitted changes)")
+    ap.add_argument("--this", nargs="+", default=[], metavar="OVERRIDE",
+                    help="with --vs-commit: overrides for this tree only, e.g. --this ppo.compile=true")
     ap.add_argument("--memory", action="store_true",
                     help="peak memory with the shared-base reference vs a frozen copy (two processes)")
     ap.add_argument("--reference", choices=["shared", "copy"], default="shared")
@@ -383,7 +387,7 @@ def main() -> None:
     overrides = [f"output_dir={tmp}/run", *overrides_for(args, paths)]
     report = {"machine": machine(args), "size": args.size, "device": args.device, "dtype": args.dtype,
               "batch": args.batch, "mini_batch": args.mini_batch, "epochs": args.epochs,
-              "new_tokens": args.new_tokens, "steps": args.steps, "overrides": overrides[1:]}
+              "new_tokens": args.new_tokens, "steps": args.steps, "overrides": overrides[1:], "this": args.this}
 
     if args.memory:
         sides = {ref: Worker(overrides, args, reference=ref, raw=False) for ref in ("shared", "copy")}
@@ -398,7 +402,7 @@ def main() -> None:
     elif args.vs_commit:
         sha = subprocess.run(["git", "-C", ROOT, "rev-parse", args.vs_commit], check=True, capture_output=True,
                              text=True).stdout.strip()
-        here = Worker(overrides, args, pythonpath=ROOT, raw=args.raw)
+        here = Worker(overrides + args.this, args, pythonpath=ROOT, raw=args.raw)
         there = Worker(overrides, args, pythonpath=worktree(sha), raw=False)
         rows = {"this": [], "raw": [], sha[:8]: []}
         for _ in range(args.steps + 1):  # A B A B ...
