@@ -142,12 +142,13 @@ def save_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, state: 
         raise ValueError(f"refusing to save a checkpoint with non-finite weights ({', '.join(bad[:3])}, ...)")
     with atomic_dir(path) as tmp:
         policy.save_adapter(os.path.join(tmp, "adapter"))
-        _save_tensors(policy.value_head.state_dict(), os.path.join(tmp, "value_head.safetensors"))
+        files = {"adapter": "adapter", "trainable": "trainable.safetensors", "optimizer": "optimizer.pt", "rng": "rng.pt"}
+        if policy.value_head is not None:  # critic-free estimators have none
+            _save_tensors(policy.value_head.state_dict(), os.path.join(tmp, "value_head.safetensors"))
+            files["value_head"] = "value_head.safetensors"
         _save_tensors(trainable, os.path.join(tmp, "trainable.safetensors"))
         torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
-        files = {"adapter": "adapter", "value_head": "value_head.safetensors",
-                 "trainable": "trainable.safetensors", "optimizer": "optimizer.pt", "rng": "rng.pt"}
         atomic_write_json(os.path.join(tmp, STATE_FILE), {**state, "files": files})
         atomic_write_json(os.path.join(tmp, MANIFEST_FILE), {"files": _file_facts(tmp)})
 

@@ -151,7 +151,7 @@ class Policy(nn.Module):
     def autocast(self):
         if self.compute_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.value_head.summary.weight.device.type, dtype=self.compute_dtype)
+        return torch.autocast(device_type=next(self.model.parameters()).device.type, dtype=self.compute_dtype)
 
     def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.temperature == 1.0 else logits / self.temperature
@@ -197,15 +197,16 @@ class Policy(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
         with_values: bool = True, detach_values: bool = False, encoder_outputs=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, V] and values [B, T] for decoder inputs [B, T].
+        """Logits [B, T, V] and values [B, T] (None without a value head) for decoder inputs [B, T].
 
         Position t holds the logits that produced token t+1 of the decoder sequence, and the
         value is read at the same position. detach_values: the value loss then trains the head
         alone, not the (shared) decoder under it.
         """
         logits, hidden = self.decode(input_ids, attention_mask, decoder_input_ids, encoder_outputs=encoder_outputs,
-                                     keep_hidden=with_values)
-        values = None if hidden is None else self.value_head(hidden.detach() if detach_values else hidden)
+                                     keep_hidden=with_values and self.value_head is not None)
+        values = None if hidden is None or self.value_head is None else self.value_head(
+            hidden.detach() if detach_values else hidden)
         return logits, values
 
     @torch.no_grad()
@@ -252,10 +253,14 @@ class Policy(nn.Module):
         return {n: t.detach().cpu().clone() for n, t in self.state_dict().items() if n in names}
 
 
-def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig, temperature: float = 1.0) -> Policy:
-    """Load the base model, apply the adapter scheme of the module docstring, add a value head.
-    temperature: the sampling temperature the policy's log-probs are taken at."""
+def build_policy(policy_cfg: DictConfig, lora_cfg: DictConfig, temperature: float = 1.0,
+                 value_head: bool = True) -> Policy:
+    """Load the base model, apply the adapter scheme of the module docstring, add a value head
+    (value_head=False: none, for critic-free estimators). temperature: the sampling
+    temperature the policy's log-probs are taken at."""
     policy = assemble_policy(policy_cfg, lora_cfg)
+    if not value_head:
+        policy.value_head = None
     policy.temperature = float(temperature)
     if policy_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(policy.model)

@@ -409,6 +409,68 @@ def gae_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.T
     return compute_gae(rewards, values, mask, gamma, lam)
 
 
+def sequence_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] each response's total reward: its per-token rewards summed over the mask."""
+    return _zero_pad(rewards, _bool_mask(mask)).sum(1)
+
+
+def group_moments(x: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row (group sum, group size, group unbiased std) for [B] values `x` in groups given by
+    [B] long `groups` (the prompt each response was sampled for); a group of one has std 0."""
+    n_groups = int(groups.max()) + 1
+    size = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, torch.ones_like(x))
+    total = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, x)
+    mean = total / size
+    sq = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, (x - mean[groups]) ** 2)
+    std = (sq / (size - 1).clamp(min=1)).sqrt()
+    return total[groups], size[groups], std[groups]
+
+
+def _per_token(seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = _bool_mask(mask)
+    return torch.where(m, seq.unsqueeze(1).expand(m.shape), torch.zeros((), dtype=seq.dtype, device=seq.device))
+
+
+@register_advantage("rloo", uses_values=False)
+@torch.no_grad()
+def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, groups: torch.Tensor, **_) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """RLOO (Ahmadian et al. 2024): a response's total reward minus the mean total reward of the
+    other k - 1 responses to its prompt, on every one of its tokens. groups: [B] prompt index."""
+    seq = sequence_rewards(rewards, mask)
+    total, size, _ = group_moments(seq, groups)
+    if bool((size < 2).any()):
+        raise ValueError("rloo needs at least 2 responses per prompt (ppo.samples_per_prompt >= 2)")
+    advantages = _per_token(seq - (total - seq) / (size - 1), mask)
+    return advantages, advantages
+
+
+@register_advantage("grpo", uses_values=False)
+@torch.no_grad()
+def grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, groups: torch.Tensor, scale_std: bool = True,
+                    eps: float = 1e-6, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO (Shao et al. 2024): (r - group mean) / (group std + eps) of each response's total
+    reward, on every one of its tokens; scale_std=False is Dr. GRPO's (r - group mean)."""
+    seq = sequence_rewards(rewards, mask)
+    total, size, std = group_moments(seq, groups)
+    if bool((size < 2).any()):
+        raise ValueError("grpo needs at least 2 responses per prompt (ppo.samples_per_prompt >= 2)")
+    centred = seq - total / size
+    advantages = _per_token(centred / (std + eps) if scale_std else centred, mask)
+    return advantages, advantages
+
+
+@register_advantage("reinforce_pp", uses_values=False)
+@torch.no_grad()
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025): per-token returns of the (KL-penalised) rewards, gamma 1 (the reward
+    to go); the caller whitens them over the global batch."""
+    m = _bool_mask(mask)
+    r = _zero_pad(rewards, m)
+    returns = _zero_pad(r.flip(1).cumsum(1).flip(1), m)
+    return returns, returns
+
+
 def compute_advantages(estimator: str, rewards: torch.Tensor, mask: torch.Tensor, **inputs) -> tuple[
         torch.Tensor, torch.Tensor]:
     """(advantages, returns) [B, T] by the registered `estimator` (not yet whitened)."""

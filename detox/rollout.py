@@ -32,12 +32,13 @@ class Rollout:
     scores: torch.Tensor  # [B] reward-model score
     logprobs: torch.Tensor  # [B, T] policy at rollout time
     ref_logprobs: torch.Tensor  # [B, T]
-    values: torch.Tensor  # [B, T]
+    values: torch.Tensor | None  # [B, T]; None without a value head (critic-free estimators)
     entropy: torch.Tensor  # [B, T]
     prompts: list[str]
     responses: list[str]
     ids: list
     rank: int | None = None  # the sampling process, in a data-parallel run
+    groups: torch.Tensor | None = None  # [B] long: the prompt each response answers (k responses each)
     # [B, T, H] the decoder's last hidden state at rollout time (kept for value warm-up steps,
     # where the policy does not move and only the value head trains on it)
     hidden: torch.Tensor | None = None
@@ -104,10 +105,12 @@ def collect_rollout(policy: Policy, tokenizer, reward: RewardModel, prompts: lis
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "entropy", "hidden")}
     for rows in row_chunks(len(prompts), forward_chunk, device):
         logits, hidden = policy.decode(enc["input_ids"][rows], enc["attention_mask"][rows], decoder_input_ids[rows],
-                                       encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[rows]))
+                                       encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[rows]),
+                                       keep_hidden=policy.value_head is not None)
         out["logprobs"].append(ppo.logprobs_from_logits(logits, response_ids[rows]))
         out["entropy"].append(ppo.token_entropy(logits))
-        out["values"].append(policy.value_head(hidden))
+        if policy.value_head is not None:
+            out["values"].append(policy.value_head(hidden))
         if keep_hidden:
             out["hidden"].append(hidden)
         del logits

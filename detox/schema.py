@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from detox import ppo
 from detox.errors import ConfigError
+from detox.overrides import hydra_overrides, override_key, under
 
 __all__ = ["Config", "ConfigError", "register", "validate", "asset_path"]
 
@@ -119,6 +120,9 @@ class KLConfig:
     target: float = 6.0
     horizon: int = 10000
     estimator: KLEstimator = KLEstimator.k1
+    # Where the KL goes: false, a -coef * KL reward on every token (PPO's, REINFORCE++'s); true, a
+    # coef * KL loss term (GRPO's). objective/kl is the k1 per-sequence sum either way.
+    in_loss: bool = False
     # Stop the run (status `diverged`) when objective/kl stays above this for ppo.guard.patience
     # steps; null: never.
     max: Optional[float] = 50.0
@@ -142,6 +146,8 @@ class PPOConfig:
     compile: bool = False  # torch.compile the forward/backward of the PPO updates
     ppo_epochs: int = 1
     advantage: AdvantageEstimator = AdvantageEstimator.gae  # a name registered in detox/ppo.py
+    samples_per_prompt: int = 1  # k responses per prompt; each step samples batch_size / k prompts
+    grpo_scale_std: bool = True  # grpo: divide by the group's std (false: Dr. GRPO)
     learning_rate: float = 1.41e-5
     value_learning_rate: Optional[float] = None  # the value head's; null: learning_rate
     value_warmup_steps: int = 0  # first steps train only the value head (veRL's critic warmup)
@@ -302,6 +308,27 @@ def _check_device(key: str, name: str | None) -> None:
             raise ConfigError(f"{key}={name} but there are {torch.cuda.device_count()} GPUs (cuda:0 ..).")
 
 
+# Settings only a value head (a critic) uses: refused with a critic-free estimator when given.
+VALUE_ONLY_KEYS = ("ppo.vf_coef", "ppo.cliprange_value", "ppo.value_learning_rate", "ppo.value_warmup_steps",
+                   "ppo.lam")
+
+
+def _check_estimator(cfg: DictConfig) -> None:
+    name, k = cfg.ppo.advantage.value, cfg.ppo.samples_per_prompt
+    _positive(cfg, "ppo.samples_per_prompt")
+    if cfg.ppo.batch_size % k:
+        raise ConfigError(f"ppo.batch_size={cfg.ppo.batch_size} is not divisible by ppo.samples_per_prompt={k}: "
+                          "each step samples batch_size / samples_per_prompt prompts.")
+    if name in ("rloo", "grpo") and k < 2:
+        raise ConfigError(f"ppo.advantage={name} compares the responses to one prompt: set ppo.samples_per_prompt "
+                          ">= 2 (e.g. `ppo=rloo`, which sets 4).")
+    if not ppo.ADVANTAGE_ESTIMATORS[name].uses_values:
+        given = [key for key in map(override_key, hydra_overrides()) if under(key, VALUE_ONLY_KEYS)]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only act on a value head, and ppo.advantage={name} has none "
+                              "(it is critic-free): drop them, or use ppo.advantage=gae.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks the schema's types cannot express. Raises ConfigError naming the key and the fix."""
     for key in ("ppo.steps", "ppo.batch_size", "ppo.mini_batch_size", "ppo.ppo_epochs",
@@ -333,6 +360,7 @@ def validate(cfg: DictConfig) -> None:
             f"ppo.batch_size={cfg.ppo.batch_size} is not divisible by ppo.mini_batch_size="
             f"{cfg.ppo.mini_batch_size}: pick sizes such that batch_size % mini_batch_size == 0."
         )
+    _check_estimator(cfg)
     micro = cfg.ppo.mini_batch_size // cfg.ppo.gradient_accumulation_steps
     if micro * cfg.ppo.gradient_accumulation_steps != cfg.ppo.mini_batch_size:
         raise ConfigError(

@@ -7,11 +7,12 @@ import contextlib
 import logging
 import os
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from detox.atomic import atomic_write_json, cut_jsonl_after
 from detox.checkpoint import latest_checkpoint, load_trainable, read_state, saved_step
+from detox import ppo
 from detox.compute import apply_threads, enable_tf32
 from detox.data import fit_prompts, load_splits
 from detox.distributed import Distributed, resolve_device, use_main_run_dir
@@ -125,9 +126,16 @@ def _train_and_evaluate(cfg: DictConfig, dist: Distributed, run_dir: str, resume
         tracker.summary({f"final/{k}": v for k, v in metrics.items()})
         tracker.finish(0)
     print(f"\ndetox: run dir {os.path.abspath(run_dir)}\n"
-          "  metrics.jsonl, curves.png, rollouts.jsonl, results.json, final/adapter, final/value_head.safetensors"
+          "  metrics.jsonl, curves.png, rollouts.jsonl, results.json, final/adapter"
+          + (", final/value_head.safetensors" if has_critic(cfg) else "")
           + ("\n  eval/report.md, eval/report.json, eval/samples.jsonl, eval/toxicity_hist.png" if cfg.eval.enabled else ""))
     return score
+
+
+def has_critic(cfg: DictConfig) -> bool:
+    """Whether the run's advantage estimator uses a value head (a run from before the setting: GAE's)."""
+    name = OmegaConf.select(cfg, "ppo.advantage")
+    return ppo.ADVANTAGE_ESTIMATORS[getattr(name, "value", name) or "gae"].uses_values
 
 
 def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrainer, Evaluator | None]:
@@ -146,8 +154,8 @@ def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrai
     judges = (build_judges(cfg.eval.judges, cfg.reward, reward_device, reward=reward)
               if cfg.eval.enabled and dist.is_main else None)
 
-    policy = build_policy(cfg.policy, cfg.lora, cfg.generation.temperature).to(device)
-    trainable, total = count_parameters(policy.model, policy.value_head)
+    policy = build_policy(cfg.policy, cfg.lora, cfg.generation.temperature, value_head=has_critic(cfg)).to(device)
+    trainable, total = count_parameters(*[m for m in (policy.model, policy.value_head) if m is not None])
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
     trainer = PPOTrainer(cfg, policy, tokenizer, reward, splits["train"], device, dist)
@@ -199,7 +207,8 @@ def _run_eval(cfg: DictConfig) -> float | None:
     judges = build_judges(run_cfg.eval.judges, run_cfg.reward, device, reward=reward)
     tokenizer = load_tokenizer(run_cfg.policy)
     splits = fit_prompts(splits, tokenizer, run_cfg.data)
-    policy = build_policy(run_cfg.policy, run_cfg.lora, run_cfg.generation.temperature).to(device)  # the start
+    policy = build_policy(run_cfg.policy, run_cfg.lora, run_cfg.generation.temperature,
+                          value_head=has_critic(run_cfg)).to(device)  # the start
     evaluator = Evaluator(run_cfg, policy, tokenizer, judges, splits, device)
     baseline = evaluator.baseline(os.path.join(run_dir, EVAL_DIR))
     state = read_state(checkpoint)
@@ -224,7 +233,7 @@ def run_export(cfg: DictConfig) -> None:
 def _run_export(cfg: DictConfig) -> None:
     run_cfg, checkpoint = load_run(cfg)
     run_dir = cfg.run_dir
-    policy = build_policy(run_cfg.policy, run_cfg.lora)
+    policy = build_policy(run_cfg.policy, run_cfg.lora, value_head=has_critic(run_cfg))
     state = read_state(checkpoint)
     load_trainable(checkpoint, state, policy)
     model = policy.model

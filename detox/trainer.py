@@ -71,16 +71,17 @@ class PPOTrainer:
         # A fresh value head predicts noise, and the advantages it yields push the policy at
         # random: it may learn faster (value_learning_rate) or alone first (value_warmup_steps).
         self.trainable = policy.trainable_parameters()
-        value_params = list(policy.value_head.parameters())
+        value_params = list(policy.value_head.parameters()) if policy.value_head is not None else []
         policy_params = [p for p in self.trainable if all(p is not v for v in value_params)]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": policy_params, "lr": cfg.ppo.learning_rate},
-             {"params": value_params, "lr": cfg.ppo.value_learning_rate or cfg.ppo.learning_rate}],
-            eps=cfg.ppo.adam_eps, weight_decay=0.0,
-        )
+        groups = [{"params": policy_params, "lr": cfg.ppo.learning_rate}]
+        if value_params:
+            groups.append({"params": value_params, "lr": cfg.ppo.value_learning_rate or cfg.ppo.learning_rate})
+        self.optimizer = torch.optim.AdamW(groups, eps=cfg.ppo.adam_eps, weight_decay=0.0)
         kl = cfg.ppo.kl
         self.kl_ctl = ppo.make_kl_controller(kl.controller.value, kl.init_coef, kl.target, kl.horizon)
-        self.sampler = PromptSampler(len(self.train_set), cfg.ppo.batch_size, seed=cfg.seed)
+        # k responses per prompt: batch_size / k prompts per step, each repeated k times in a row
+        self.samples_per_prompt = k = cfg.ppo.samples_per_prompt
+        self.sampler = PromptSampler(len(self.train_set), cfg.ppo.batch_size // k, seed=cfg.seed)
         self.length_rng = np.random.default_rng([cfg.seed, 1, *([dist.rank] if dist.enabled else [])])
         if dist.enabled:
             # Same start everywhere (every process built the policy under cfg.seed; the
@@ -158,10 +159,14 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- rollout
     def rollout(self, indices: list[int]) -> Rollout:
-        """Rollouts for rows `indices` of this process's train split."""
-        rows = self.train_set.select(indices)
+        """Rollouts for rows `indices` of this process's train split, `ppo.samples_per_prompt`
+        responses to each (adjacent rows, one length cap per prompt)."""
+        k = self.samples_per_prompt
         gen = self.cfg.generation
-        caps = sample_max_new_tokens(self.length_rng, len(indices), gen.max_new_tokens_min, gen.max_new_tokens_max)
+        caps = np.repeat(sample_max_new_tokens(self.length_rng, len(indices), gen.max_new_tokens_min,
+                                               gen.max_new_tokens_max), k)
+        indices = [i for i in indices for _ in range(k)]
+        rows = self.train_set.select(indices)
         if self.id_column:
             ids = list(rows[self.id_column])
         else:  # row numbers of the whole train split (a shard holds rows rank, rank + n, ...)
@@ -170,8 +175,9 @@ class PPOTrainer:
             self.policy, self.tokenizer, self.reward, list(rows["prompt"]), ids, caps, gen_config=self.gen_config,
             max_input_tokens=self.cfg.data.max_input_tokens, generate_chunk=gen.batch_size,
             forward_chunk=self.ppo_cfg.forward_batch_size or len(indices), device=self.device, timings=self.timings,
-            keep_hidden=self.step < self.ppo_cfg.value_warmup_steps)
+            keep_hidden=self.update.uses_values and self.step < self.ppo_cfg.value_warmup_steps)
         r.rank = self.dist.rank if self.dist.enabled else None
+        r.groups = torch.arange(len(indices) // k, device=self.device).repeat_interleave(k)
         if self.cfg.reward.clip is not None:  # old TRL's score_clip
             r.scores = r.scores.clamp(-self.cfg.reward.clip, self.cfg.reward.clip)
         return r
@@ -210,9 +216,8 @@ class PPOTrainer:
             "objective/kl_penalty": float(-adv["kl_coef"] * adv["kl"].sum(1).mean()),
             "objective/entropy": float(ppo.masked_mean(r.entropy, mask)),
             **stats,
-            "ppo/value/explained_variance": float(ppo.explained_variance(r.values, adv["returns"], mask)),
-            "ppo/value/mean": float(ppo.masked_mean(r.values, mask)),
-            "ppo/returns/mean": float(ppo.masked_mean(adv["returns"], mask)),
+            **self._value_metrics(r, adv),
+            **self._group_metrics(r),
             "response/length_mean": float(lengths.float().mean()),
             "response/eos_rate": float(ended.float().mean()),
             "perf/step_time_s": step_time,
@@ -224,6 +229,28 @@ class PPOTrainer:
                                                            "objective/kl_coef", "ppo/epochs", "ppo/skipped_minibatches"))
         self.step += 1
         return metrics, r
+
+    @staticmethod
+    def _value_metrics(r: Rollout, adv: dict) -> dict[str, float]:
+        """The value head's figures (absent, not zero, for critic-free estimators), and the
+        advantages before whitening."""
+        out = {"ppo/advantage/mean": float(ppo.masked_mean(adv["raw_advantages"], r.mask)),
+               "ppo/advantage/std": float(ppo.masked_var(adv["raw_advantages"], r.mask).sqrt())}
+        if r.values is not None:
+            out.update({"ppo/value/explained_variance": float(ppo.explained_variance(r.values, adv["returns"], r.mask)),
+                        "ppo/value/mean": float(ppo.masked_mean(r.values, r.mask)),
+                        "ppo/returns/mean": float(ppo.masked_mean(adv["returns"], r.mask))})
+        return out
+
+    def _group_metrics(self, r: Rollout) -> dict[str, float]:
+        """With k >= 2 responses per prompt: the mean within-prompt std of the scores, and the
+        share of prompts whose k scores are all equal (no learning signal for a group baseline)."""
+        if self.samples_per_prompt < 2:
+            return {}
+        _, _, std = ppo.group_moments(r.scores.double(), r.groups)
+        per_prompt = std[:: self.samples_per_prompt]
+        return {"env/group_reward_std": float(per_prompt.mean()),
+                "env/zero_signal_fraction": float((per_prompt == 0).double().mean())}
 
     # ---------------------------------------------------------------- the loop
     def train(self, tracker: Tracker, run_dir: str, evaluator: Evaluator | None = None,

@@ -19,6 +19,7 @@ class PPOUpdate:
                  trainable: list[torch.nn.Parameter], dist: Distributed, device: torch.device):
         self.ppo_cfg, self.seed = cfg.ppo, cfg.seed
         self.policy, self.optimizer, self.trainable, self.dist, self.device = policy, optimizer, trainable, dist, device
+        self.uses_values = ppo.ADVANTAGE_ESTIMATORS[cfg.ppo.advantage.value].uses_values
 
     @property
     def micro_batch_size(self) -> int:
@@ -31,14 +32,16 @@ class PPOUpdate:
     def advantages(self, r: Rollout, kl_coef: float) -> dict[str, torch.Tensor]:
         """Per-token KL penalty, KL-penalised rewards, then the configured estimator's (whitened)
         advantages and returns, all [B, T] (and `kl_coef`)."""
-        kl = ppo.kl_penalty(r.logprobs, r.ref_logprobs, self.ppo_cfg.kl.estimator.value) * r.mask
-        rewards = ppo.kl_penalized_rewards(r.scores, kl, r.mask, kl_coef)
-        if self.ppo_cfg.whiten_rewards:
+        cfg = self.ppo_cfg
+        kl = ppo.kl_penalty(r.logprobs, r.ref_logprobs, cfg.kl.estimator.value) * r.mask
+        # With ppo.kl.in_loss the KL is a loss term (see `optimise`), not a reward.
+        rewards = ppo.kl_penalized_rewards(r.scores, kl, r.mask, 0.0 if cfg.kl.in_loss else kl_coef)
+        if cfg.whiten_rewards:
             rewards = self._whiten(rewards, r.mask, shift_mean=False)
-        advantages, returns = ppo.compute_advantages(self.ppo_cfg.advantage.value, rewards, r.mask, values=r.values,
-                                                     gamma=self.ppo_cfg.gamma, lam=self.ppo_cfg.lam)
-        advantages = self._whiten(advantages, r.mask)
-        return {"advantages": advantages, "returns": returns, "kl": kl, "kl_coef": kl_coef}
+        raw, returns = ppo.compute_advantages(cfg.advantage.value, rewards, r.mask, values=r.values, groups=r.groups,
+                                              gamma=cfg.gamma, lam=cfg.lam, scale_std=cfg.grpo_scale_std)
+        return {"advantages": self._whiten(raw, r.mask), "raw_advantages": raw, "returns": returns, "kl": kl,
+                "kl_coef": kl_coef}
 
     def _whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
         """`ppo.masked_whiten` with the statistics of the global batch (every process's)."""
@@ -58,7 +61,8 @@ class PPOUpdate:
                                                 ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
         skipped: list[str | None] = []
         generator = torch.Generator().manual_seed(self.seed * 100_003 + step)
-        warmup = step < cfg.value_warmup_steps
+        warmup = self.uses_values and step < cfg.value_warmup_steps
+        kl_in_loss = cfg.kl.in_loss and adv["kl_coef"] > 0
         epochs_done = 0
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(r.prompts), generator=generator).to(self.device)
@@ -66,7 +70,7 @@ class PPOUpdate:
             for start in range(0, len(order), cfg.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 minibatch = order[start : start + cfg.mini_batch_size]
-                first = len(stats["policy"])
+                first, first_value = len(stats["policy"]), len(stats["value"])
                 for m in range(0, len(minibatch), micro):
                     rows = minibatch[m : m + micro]
                     if warmup and r.hidden is not None:
@@ -80,19 +84,27 @@ class PPOUpdate:
                     pg_loss, pg_stats = ppo.policy_loss(
                         logprobs, r.logprobs[rows], adv["advantages"][rows], mask, cfg.cliprange
                     )
-                    vf_loss, vf_stats = ppo.value_loss(
-                        values, r.values[rows], adv["returns"][rows], mask, cfg.cliprange_value
-                    )
-                    (((0.0 if warmup else pg_loss) + cfg.vf_coef * vf_loss) / accum).backward()
+                    loss = 0.0 if warmup else pg_loss
+                    if kl_in_loss:  # GRPO's: coef x the estimator's KL to the reference, token mean
+                        kl_term = ppo.masked_mean(ppo.kl_penalty(logprobs, r.ref_logprobs[rows],
+                                                                 cfg.kl.estimator.value), mask)
+                        loss = loss + adv["kl_coef"] * kl_term
+                    if values is not None:
+                        vf_loss, vf_stats = ppo.value_loss(
+                            values, r.values[rows], adv["returns"][rows], mask, cfg.cliprange_value
+                        )
+                        loss = loss + cfg.vf_coef * vf_loss
+                        stats["value"].append(vf_loss.detach())
+                        stats["vf_clipfrac"].append(vf_stats["clipfrac"])
+                    (loss / accum).backward()
                     stats["policy"].append(pg_loss.detach())
-                    stats["value"].append(vf_loss.detach())
                     stats["approxkl"].append(pg_stats["approxkl"])
                     stats["clipfrac"].append(pg_stats["clipfrac"])
-                    stats["vf_clipfrac"].append(vf_stats["clipfrac"])
                     stats["ratio"].append(ppo.masked_mean(torch.exp(logprobs.detach() - r.logprobs[rows]), mask))
                 self.dist.average_gradients(self.trainable)
                 reason, grad_norm = self._check_update(
-                    torch.stack(stats["policy"][first:] + stats["value"][first:]), torch.stack(stats["ratio"][first:]))
+                    torch.stack(stats["policy"][first:] + stats["value"][first_value:]),
+                    torch.stack(stats["ratio"][first:]))
                 skipped.append(reason)
                 if reason is not None:
                     self.optimizer.zero_grad(set_to_none=True)
@@ -106,17 +118,18 @@ class PPOUpdate:
                 approxkl = self.dist.mean(float(torch.stack(stats["approxkl"][epoch_start:]).mean()))
                 if approxkl > cfg.target_approx_kl:
                     break
-        means = {k: torch.stack(v).double() for k, v in stats.items()}
-        return {
+        means = {k: torch.stack(v).double() for k, v in stats.items() if v}
+        out = {
             "ppo/loss/policy": float(means["policy"].mean()),
-            "ppo/loss/value": float(means["value"].mean()),
+            "ppo/loss/value": float(means["value"].mean()) if "value" in means else None,
             "ppo/policy/approxkl": float(means["approxkl"].mean()),
             "ppo/policy/clipfrac": float(means["clipfrac"].mean()),
             "ppo/policy/ratio_mean": float(means["ratio"].mean()),
-            "ppo/value/clipfrac": float(means["vf_clipfrac"].mean()),
+            "ppo/value/clipfrac": float(means["vf_clipfrac"].mean()) if "vf_clipfrac" in means else None,
             "ppo/epochs": epochs_done,
             "ppo/skipped_minibatches": sum(reason is not None for reason in skipped),
-        }, skipped
+        }
+        return {k: v for k, v in out.items() if v is not None}, skipped
 
     def _check_update(self, losses: torch.Tensor, ratios: torch.Tensor) -> tuple[str | None, torch.Tensor]:
         """Why this mini-batch's update must be skipped (None: apply it), and its gradient norm.
@@ -141,7 +154,9 @@ class PPOUpdate:
         """What in a rollout is not finite (scores, or log-probs / values on response tokens)."""
         m = r.mask.bool()
         parts = {"reward-model scores": r.scores, "policy log-probs": r.logprobs[m],
-                 "reference log-probs": r.ref_logprobs[m], "values": r.values[m]}
+                 "reference log-probs": r.ref_logprobs[m]}
+        if r.values is not None:
+            parts["values"] = r.values[m]
         finite = torch.stack([torch.isfinite(t).all() for t in parts.values()]).tolist()
         bad = [name for name, ok in zip(parts, finite) if not ok]
         if self.dist.any(bool(bad)) and not bad:

@@ -503,9 +503,10 @@ def test_config_choices_are_the_registries():
     from detox.schema import AdvantageEstimator, Config, KLEstimator
 
     assert [e.value for e in KLEstimator] == list(ppo.KL_ESTIMATORS) == ["k1", "k3", "abs", "mse"]
-    assert [e.value for e in AdvantageEstimator] == list(ppo.ADVANTAGE_ESTIMATORS) == ["gae"]
+    assert [e.value for e in AdvantageEstimator] == list(ppo.ADVANTAGE_ESTIMATORS) == [
+        "gae", "rloo", "grpo", "reinforce_pp"]
     cfg = OmegaConf.structured(Config)
-    with pytest.raises(Exception, match=r"expected one of \[gae\]"):
+    with pytest.raises(Exception, match=r"expected one of \[gae, rloo, grpo, reinforce_pp\]"):
         cfg.ppo.advantage = "reinforce"
 
 
@@ -527,3 +528,46 @@ def test_gae_through_the_registry_is_compute_gae():
     assert ppo.ADVANTAGE_ESTIMATORS["gae"].uses_values
     with pytest.raises(ValueError, match="unknown advantage estimator 'nope'; valid: gae"):
         ppo.compute_advantages("nope", rewards, mask)
+
+
+# ---------------------------------------------------------------------------------------
+# critic-free estimators, by hand: two prompts (groups 0 and 1), k = 2 and k = 3
+# ---------------------------------------------------------------------------------------
+
+CF_REWARDS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+CF_MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]]).float()
+CF_GROUPS = torch.tensor([0, 0, 1, 1])  # sequence rewards: group 0 (1, 2), group 1 (3, 5)
+
+
+def on_tokens(per_row):
+    return torch.tensor(per_row).unsqueeze(1) * CF_MASK
+
+
+def test_rloo_with_two_samples_is_the_pairwise_difference():
+    adv, returns = ppo.compute_advantages("rloo", CF_REWARDS, CF_MASK, groups=CF_GROUPS, values=None)
+    assert torch.equal(adv, on_tokens([1 - 2, 2 - 1, 3 - 5, 5 - 3])) and torch.equal(returns, adv)
+    # k = 3: minus the mean of the other two; a group with equal rewards gets zero advantage
+    seq_rewards = torch.tensor([[1.0], [4.0], [7.0], [2.0], [2.0], [2.0]])
+    adv3, _ = ppo.compute_advantages("rloo", seq_rewards, torch.ones(6, 1), groups=torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert torch.allclose(adv3.flatten(), torch.tensor([1 - 5.5, 4 - 4.0, 7 - 2.5, 0, 0, 0]))
+
+
+def test_grpo_scales_by_the_group_std_and_dr_grpo_does_not():
+    adv, _ = ppo.compute_advantages("grpo", CF_REWARDS, CF_MASK, groups=CF_GROUPS, eps=0.0)
+    # group 0: mean 1.5, unbiased std 0.7071; group 1: mean 4, std 1.4142
+    expected = [-0.5 / 0.5 ** 0.5, 0.5 / 0.5 ** 0.5, -1 / 2 ** 0.5, 1 / 2 ** 0.5]
+    assert torch.allclose(adv, on_tokens(expected), atol=1e-6)
+    dr, _ = ppo.compute_advantages("grpo", CF_REWARDS, CF_MASK, groups=CF_GROUPS, scale_std=False)
+    assert torch.equal(dr, on_tokens([-0.5, 0.5, -1.0, 1.0]))
+    equal, _ = ppo.compute_advantages("grpo", torch.ones(2, 1), torch.ones(2, 1), groups=torch.tensor([0, 0]))
+    assert torch.equal(equal, torch.zeros(2, 1))  # no signal, no NaN
+
+
+def test_reinforce_pp_is_the_reward_to_go():
+    adv, _ = ppo.compute_advantages("reinforce_pp", CF_REWARDS, CF_MASK)
+    assert torch.equal(adv, torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 0.0], [3.0, 0.0, 0.0], [5.0, 5.0, 5.0]]))
+
+
+def test_group_estimators_refuse_single_sample_groups():
+    with pytest.raises(ValueError, match="samples_per_prompt >= 2"):
+        ppo.compute_advantages("rloo", CF_REWARDS, CF_MASK, groups=torch.arange(4))

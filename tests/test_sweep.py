@@ -85,7 +85,8 @@ def planned_jobs(cfg, extra=()):
 
 
 @pytest.mark.parametrize("preset,n_jobs,controller", [("kl", 5, "fixed"), ("rank", 4, None),
-                                                       ("kl_x_rank", 9, "fixed"), ("kl_target", 4, "adaptive")])
+                                                       ("kl_x_rank", 9, "fixed"), ("kl_target", 4, "adaptive"),
+                                                       ("estimators", 9, None)])
 def test_sweep_presets_compose(preset, n_jobs, controller):
     cfg = compose_hydra([f"+sweep={preset}", "experiment=quickstart", "lora.r=8"])
     assert len(planned_jobs(cfg)) == n_jobs

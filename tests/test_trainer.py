@@ -189,3 +189,58 @@ def test_compiled_updates_train_and_save_the_same_parameters(tiny_overrides, tmp
         metrics, _ = compiled.train_step()
     assert all(v == v for v in metrics.values())  # no NaN
     assert compiled.policy.trainable_state_dict().keys() == eager.policy.trainable_state_dict().keys()
+
+
+def test_rloo_runs_without_a_value_head_and_resumes_exactly(tiny_overrides, tmp_path):
+    """ppo=rloo: k responses per prompt sharing its encoder input, no value head anywhere (not
+    trained, not saved, no value metrics), the group metrics, and an exact resume."""
+    base = [*tiny_overrides, "ppo=rloo", "eval.enabled=false", "ppo.save_every=1"]
+    cfg = make_cfg([*base, "ppo.steps=1"], output_dir=str(tmp_path / "probe"))
+    from detox.stages import build_ppo
+
+    trainer, _ = build_ppo(cfg)
+    assert trainer.policy.value_head is None and len(trainer.optimizer.param_groups) == 1
+    assert not any("value_head" in n for n, p in trainer.policy.named_parameters() if p.requires_grad)
+    r = trainer.rollout(trainer.sampler.next_indices())
+    assert r.values is None and r.groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    for g in range(2):  # the 4 samples of a prompt share its encoder input and its id
+        rows = r.input_ids[4 * g: 4 * g + 4]
+        assert (rows == rows[0]).all() and len(set(map(str, r.ids[4 * g: 4 * g + 4]))) == 1
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_ppo(make_cfg([*base, "ppo.steps=3"], output_dir=str(straight)))
+    run_ppo(make_cfg([*base, "ppo.steps=2"], output_dir=str(resumed)))
+    run_ppo(make_cfg([*base, "ppo.steps=3"], output_dir=str(resumed)))
+    a, b = read_metrics(str(straight)), read_metrics(str(resumed))
+    assert not any(k.startswith("ppo/value/") or k == "ppo/loss/value" for k in a[-1])
+    assert {"ppo/advantage/mean", "ppo/advantage/std", "env/group_reward_std", "env/zero_signal_fraction"} <= set(a[-1])
+    for key in ("env/reward_mean", "objective/kl", "ppo/loss/policy", "env/group_reward_std"):
+        assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-4, abs=1e-6), key
+    assert not os.path.exists(straight / "final" / "value_head.safetensors")
+    wa, wb = load_file(straight / "final" / "trainable.safetensors"), load_file(resumed / "final" / "trainable.safetensors")
+    assert wa.keys() == wb.keys() and not any("value_head" in k for k in wa)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+def test_group_estimators_need_several_samples_per_prompt(tiny_overrides):
+    from detox.schema import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="ppo.samples_per_prompt >= 2"):
+        validate(make_cfg([*tiny_overrides, "ppo.advantage=rloo"]))
+    with pytest.raises(ConfigError, match="not divisible by ppo.samples_per_prompt=3"):
+        validate(make_cfg([*tiny_overrides, "ppo=rloo", "ppo.samples_per_prompt=3"]))
+
+
+@pytest.mark.parametrize("preset,extra", [("grpo", []), ("default", ["ppo.advantage=reinforce_pp"])])
+def test_grpo_and_reinforce_pp_steps_train_without_a_value_head(preset, extra, tiny_overrides, tmp_path):
+    from detox.stages import build_ppo
+
+    trainer, _ = build_ppo(make_cfg([*tiny_overrides, f"ppo={preset}", *extra, "eval.enabled=false"],
+                                    output_dir=str(tmp_path)))
+    before = {n: t.clone() for n, t in trainer.policy.trainable_state_dict().items()}
+    metrics, _ = trainer.train_step()
+    assert trainer.policy.value_head is None and "ppo/value/mean" not in metrics
+    assert all(v == v for v in metrics.values()) and metrics["ppo/policy/approxkl"] > 0
+    after = trainer.policy.trainable_state_dict()
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the policy moved
