@@ -66,16 +66,23 @@ def generate_capped(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     right-padded. Cutting each response at its own cap is the caller's (`ppo.response_mask`).
 
     keep_encoder_states (`model` a `Policy`): also return the encoder's last hidden states
-    [B, S, H], computed once per chunk by `Policy.encode` and handed to `generate` (which then
-    skips its own, identical, encoder pass), so the rollout's policy forward can reuse them."""
+    [B, S, H], computed once per distinct prompt of a chunk by `Policy.encode` and handed to
+    `generate` (which then skips its own, identical, encoder pass), so the rollout's policy
+    forward can reuse them."""
     chunk = chunk or len(input_ids)
     pieces, states = [], []
     for i in range(0, len(input_ids), chunk):
         rows = slice(i, i + chunk)
         extra = {}
         if keep_encoder_states:
-            extra["encoder_outputs"] = model.encode(input_ids[rows], attention_mask[rows])
-            states.append(extra["encoder_outputs"].last_hidden_state)
+            # A prompt sampled k times (ppo.samples_per_prompt) is encoded once.
+            unique, inverse = torch.unique(input_ids[rows], dim=0, return_inverse=True)
+            first = torch.zeros(len(unique), dtype=torch.long, device=inverse.device).scatter_(
+                0, inverse, torch.arange(len(inverse), device=inverse.device))
+            encoded = model.encode(unique, attention_mask[rows][first])
+            encoded.last_hidden_state = encoded.last_hidden_state[inverse]
+            extra["encoder_outputs"] = encoded
+            states.append(encoded.last_hidden_state)
         pieces.append(model.generate(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
                                      generation_config=gen, max_new_tokens=int(caps[rows].max()), **extra))
     width = max(p.shape[1] for p in pieces)

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase, set_seed
 
 from detox import ppo
 from detox.checkpoint import decode_rng, encode_rng, fingerprint, load_checkpoint, prune_checkpoints, save_checkpoint
+from detox.compute import peak_memory_gb, reset_peak_memory
 from detox.data import PromptSampler, sample_max_new_tokens
 from detox.distributed import Distributed, weights_checksum
 from detox.errors import CheckpointError
@@ -92,6 +93,7 @@ class PPOTrainer:
             policy.compile()
         self.update = PPOUpdate(cfg, policy, self.optimizer, self.trainable, dist, device)
         self.guard = DivergenceGuard(cfg.ppo)
+        reset_peak_memory(device)
         self.step = 0
         self.timings: dict[str, float] = {}
 
@@ -222,6 +224,7 @@ class PPOTrainer:
             "response/eos_rate": float(ended.float().mean()),
             "perf/step_time_s": step_time,
             "perf/samples_per_s": len(r.prompts) / step_time,
+            "perf/peak_memory_gb": peak_memory_gb(self.device),
             **self.timings,
         }
         if self.dist.enabled:

@@ -131,7 +131,8 @@ class RawBaseline:
         self.scale = config.d_model ** -0.5 if tied else 1.0
         half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.policy.dtype)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=half)) if half else contextlib.nullcontext
-        trainable = [p for p in list(self.model.parameters()) + list(self.head.parameters()) if p.requires_grad]
+        head = list(self.head.parameters()) if self.head is not None else []  # critic-free: no value head
+        trainable = [p for p in list(self.model.parameters()) + head if p.requires_grad]
         self.trainable = trainable
         self.optimizer = torch.optim.AdamW(trainable, lr=0.0)
 
@@ -150,7 +151,7 @@ class RawBaseline:
                                          encoder_attention_mask=attention_mask).last_hidden_state
             logits = model.get_output_embeddings()(hidden * self.scale)
         logprobs = torch.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        return logprobs, self.head.summary(hidden.float()).squeeze(-1) if values else None
+        return logprobs, self.head.summary(hidden.float()).squeeze(-1) if values and self.head is not None else None
 
     def step(self, r) -> dict[str, float]:
         times = {}
@@ -180,7 +181,7 @@ class RawBaseline:
         t0 = time.perf_counter()
         mask = r.mask
         advantages = (r.scores - r.scores.mean())[:, None].expand_as(mask)
-        returns = old_values + advantages
+        returns = old_values + advantages if old_values is not None else None
         ppo = self.cfg.ppo
         micro = ppo.mini_batch_size // ppo.gradient_accumulation_steps
         for _ in range(ppo.ppo_epochs):
@@ -193,8 +194,9 @@ class RawBaseline:
                     ratio = torch.exp(logprobs - old_logprobs[rows])
                     adv, w = advantages[rows], mask[rows]
                     pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - ppo.cliprange, 1 + ppo.cliprange))
-                    vf = (values - returns[rows]) ** 2
-                    loss = ((pg + ppo.vf_coef * vf) * w).sum() / w.sum()
+                    if values is not None:
+                        pg = pg + ppo.vf_coef * (values - returns[rows]) ** 2
+                    loss = (pg * w).sum() / w.sum()
                     (loss / ppo.gradient_accumulation_steps).backward()
                 if ppo.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.trainable, ppo.max_grad_norm)
@@ -284,7 +286,7 @@ def worker(args) -> None:
     replies = os.fdopen(os.dup(1), "w")  # the protocol's own channel: whatever else prints goes to stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    side = Side(json.loads(args.worker), args.reference, raw=args.raw)
+    side = Side(json.loads(args.worker), args.reference, raw=args.worker_raw)
     print(json.dumps({"ready": True, "detox": os.path.dirname(sys.modules["detox"].__file__)}), file=replies, flush=True)
     for line in sys.stdin:
         command = line.strip()
@@ -372,7 +374,7 @@ def main() -> None:
     ap.add_argument("--reference", choices=["shared", "copy"], default="shared")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--raw", dest="raw", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--raw", dest="worker_raw", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -267,3 +267,23 @@ def test_multirun_under_a_data_parallel_launcher_is_refused(tiny, tmp_path):
     assert proc.returncode == 2
     assert "multirun" in proc.stderr + proc.stdout and "accelerate launch" in proc.stderr + proc.stdout
     assert not list((tmp_path / "sweep").rglob("results.json"))  # refused before any job ran
+
+
+@pytest.mark.slow
+def test_rloo_data_parallel_keeps_each_prompts_samples_on_one_process(tiny, tmp_path):
+    """ppo=rloo on two processes: a prompt's k samples are sampled (and baselined) by one process,
+    the weights stay in sync, and no value head is saved."""
+    args = [a for a in dp_args(tiny, tmp_path / "run", steps=2, extra=["ppo=rloo", "eval.enabled=false"])
+            if not a.startswith("ppo.value_warmup_steps")]  # a value-head setting: refused for rloo
+    launch(args, cwd=tmp_path)
+    run = tmp_path / "run"
+    dist = json.loads((run / "distributed.json").read_text())
+    assert dist["ranks"][0]["weights_sha256"] == dist["ranks"][1]["weights_sha256"]
+    rollouts = read_jsonl(run / "rollouts.jsonl")
+    for step in (1, 2):
+        for rank in (0, 1):
+            ids = [r["id"] for r in rollouts if r["step"] == step and r["rank"] == rank]
+            assert len(ids) == 8 and all(ids[i] == ids[i - i % 4] for i in range(8)) and ids[0] != ids[4]
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert "env/group_reward_std" in metrics[-1] and "ppo/value/mean" not in metrics[-1]
+    assert not (run / "final" / "value_head.safetensors").exists()

@@ -1,5 +1,5 @@
-"""The quickstart's promises, checked on the full preset with seeds 0, 1 and 2 (`pytest -m slow`;
-about 2 minutes a seed).
+"""The quickstart's promises, checked on the full preset with seeds 0, 1 and 2, with PPO + GAE
+(`ppo=default`) and with RLOO (`ppo=rloo`) (`pytest -m slow`; about 3 minutes a run).
 
 Each target reads the run's own evaluation (`eval/report.json`, test split, split by the
 bundled `heated` flag) or its training metrics, exactly as the README states them.
@@ -13,10 +13,17 @@ from detox_cli import run_detox
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda seed: f"seed{seed}")
+RLOO_SEED2 = pytest.mark.xfail(reason="ppo=rloo seed 2: the heated toxic rate falls 71%, not 75% (README, "
+                                       "Critic-free estimators)", strict=False)
+RUNS = [("default", 0), ("default", 1), ("default", 2), ("rloo", 0), ("rloo", 1),
+        pytest.param(("rloo", 2), marks=RLOO_SEED2)]
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=lambda run: f"{run[0]}-seed{run[1]}")
 def quickstart(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"quickstart-seed{request.param}")
-    out = run_detox(["experiment=quickstart", f"seed={request.param}", "logger=none",
+    estimator, seed = request.param
+    root = tmp_path_factory.mktemp(f"quickstart-{estimator}-seed{seed}")
+    out = run_detox(["experiment=quickstart", f"ppo={estimator}", f"seed={seed}", "logger=none",
                    f"hydra.run.dir={root / 'run'}"], cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     run = root / "run"

@@ -201,7 +201,12 @@ def test_rloo_runs_without_a_value_head_and_resumes_exactly(tiny_overrides, tmp_
     trainer, _ = build_ppo(cfg)
     assert trainer.policy.value_head is None and len(trainer.optimizer.param_groups) == 1
     assert not any("value_head" in n for n, p in trainer.policy.named_parameters() if p.requires_grad)
+    encoded_rows = []
+    hook = trainer.policy.model.get_encoder().register_forward_hook(
+        lambda module, args, kwargs, out: encoded_rows.append(len(kwargs["input_ids"])), with_kwargs=True)
     r = trainer.rollout(trainer.sampler.next_indices())
+    hook.remove()
+    assert encoded_rows[0] == 2  # generation encodes each of the 2 prompts once, not 4 times
     assert r.values is None and r.groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     for g in range(2):  # the 4 samples of a prompt share its encoder input and its id
         rows = r.input_ids[4 * g: 4 * g + 4]
@@ -244,3 +249,21 @@ def test_grpo_and_reinforce_pp_steps_train_without_a_value_head(preset, extra, t
     assert all(v == v for v in metrics.values()) and metrics["ppo/policy/approxkl"] > 0
     after = trainer.policy.trainable_state_dict()
     assert any(not torch.equal(before[n], after[n]) for n in before)  # the policy moved
+
+
+def test_an_rloo_update_makes_better_than_average_responses_more_likely(tiny_overrides, tmp_path):
+    """The policy-gradient direction, end to end: after one ppo=rloo optimisation, the responses
+    with a positive leave-one-out advantage gained log-probability relative to the others."""
+    from detox.stages import build_ppo
+
+    trainer, _ = build_ppo(make_cfg([*tiny_overrides, "ppo=rloo", "eval.enabled=false", "ppo.ppo_epochs=4",
+                                     "ppo.learning_rate=1e-3"], output_dir=str(tmp_path)))
+    r = trainer.rollout(trainer.sampler.next_indices())
+    adv = trainer.update.advantages(r, trainer.kl_ctl.value)
+    trainer.update.optimise(r, adv, step=0)
+    with torch.no_grad():
+        _, logprobs, _ = forward_logprobs(trainer.policy, r.model_inputs(), torch.arange(len(r.prompts)))
+    gained = ((logprobs - r.logprobs) * r.mask).sum(1)
+    per_response = adv["raw_advantages"][:, 0]
+    assert per_response.abs().sum() > 0
+    assert float((per_response * gained).sum()) > 0, (per_response, gained)
