@@ -205,8 +205,7 @@ class Policy(nn.Module):
         """
         logits, hidden = self.decode(input_ids, attention_mask, decoder_input_ids, encoder_outputs=encoder_outputs,
                                      keep_hidden=with_values and self.value_head is not None)
-        values = None if hidden is None or self.value_head is None else self.value_head(
-            hidden.detach() if detach_values else hidden)
+        values = None if hidden is None else self.value_head(hidden.detach() if detach_values else hidden)
         return logits, values
 
     @torch.no_grad()

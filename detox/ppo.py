@@ -426,6 +426,15 @@ def group_moments(x: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, 
     return total[groups], size[groups], std[groups]
 
 
+def _grouped_rewards(rewards: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor, estimator: str):
+    """[B] sequence rewards and their (group sum, size, std) per row, for a group baseline."""
+    seq = sequence_rewards(rewards, mask)
+    total, size, std = group_moments(seq, groups)
+    if bool((size < 2).any()):
+        raise ValueError(f"{estimator} needs at least 2 responses per prompt (ppo.samples_per_prompt >= 2)")
+    return seq, total, size, std
+
+
 def _per_token(seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = _bool_mask(mask)
     return torch.where(m, seq.unsqueeze(1).expand(m.shape), torch.zeros((), dtype=seq.dtype, device=seq.device))
@@ -437,10 +446,7 @@ def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, groups: torch.
         torch.Tensor, torch.Tensor]:
     """RLOO (Ahmadian et al. 2024): a response's total reward minus the mean total reward of the
     other k - 1 responses to its prompt, on every one of its tokens. groups: [B] prompt index."""
-    seq = sequence_rewards(rewards, mask)
-    total, size, _ = group_moments(seq, groups)
-    if bool((size < 2).any()):
-        raise ValueError("rloo needs at least 2 responses per prompt (ppo.samples_per_prompt >= 2)")
+    seq, total, size, _ = _grouped_rewards(rewards, mask, groups, "rloo")
     advantages = _per_token(seq - (total - seq) / (size - 1), mask)
     return advantages, advantages
 
@@ -451,10 +457,7 @@ def grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, *, groups: torch.
                     eps: float = 1e-6, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO (Shao et al. 2024): (r - group mean) / (group std + eps) of each response's total
     reward, on every one of its tokens; scale_std=False is Dr. GRPO's (r - group mean)."""
-    seq = sequence_rewards(rewards, mask)
-    total, size, std = group_moments(seq, groups)
-    if bool((size < 2).any()):
-        raise ValueError("grpo needs at least 2 responses per prompt (ppo.samples_per_prompt >= 2)")
+    seq, total, size, std = _grouped_rewards(rewards, mask, groups, "grpo")
     centred = seq - total / size
     advantages = _per_token(centred / (std + eps) if scale_std else centred, mask)
     return advantages, advantages

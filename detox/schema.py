@@ -315,7 +315,6 @@ VALUE_ONLY_KEYS = ("ppo.vf_coef", "ppo.cliprange_value", "ppo.value_learning_rat
 
 def _check_estimator(cfg: DictConfig) -> None:
     name, k = cfg.ppo.advantage.value, cfg.ppo.samples_per_prompt
-    _positive(cfg, "ppo.samples_per_prompt")
     if cfg.ppo.batch_size % k:
         raise ConfigError(f"ppo.batch_size={cfg.ppo.batch_size} is not divisible by ppo.samples_per_prompt={k}: "
                           "each step samples batch_size / samples_per_prompt prompts.")
@@ -338,7 +337,7 @@ def validate(cfg: DictConfig) -> None:
                 "generation.max_new_tokens_max", "lora.r", "generation.temperature", "eval.num_samples", "eval.val_samples",
                 "eval.batch_size"):
         _positive(cfg, key)
-    for key in ("ppo.guard.max_consecutive_skips", "ppo.guard.patience"):
+    for key in ("ppo.guard.max_consecutive_skips", "ppo.guard.patience", "ppo.samples_per_prompt"):
         _positive(cfg, key)
     for key in ("ppo.kl.max", "ppo.save_every_minutes", "ppo.keep_last", "ppo.ratio_threshold", "reward.clip"):
         if OmegaConf.select(cfg, key) is not None:

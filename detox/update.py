@@ -19,7 +19,7 @@ class PPOUpdate:
                  trainable: list[torch.nn.Parameter], dist: Distributed, device: torch.device):
         self.ppo_cfg, self.seed = cfg.ppo, cfg.seed
         self.policy, self.optimizer, self.trainable, self.dist, self.device = policy, optimizer, trainable, dist, device
-        self.uses_values = ppo.ADVANTAGE_ESTIMATORS[cfg.ppo.advantage.value].uses_values
+        self.uses_values = policy.value_head is not None  # critic-free estimators build none
 
     @property
     def micro_batch_size(self) -> int:
