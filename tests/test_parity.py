@@ -2,6 +2,11 @@
 value warm-up step, then two steps of 2 PPO epochs) give, on one CPU thread, the responses and
 metrics that commit ac62045 gave before it (recorded in tests/data/).
 
+"The same" across CPUs: the responses exactly; the metrics to 1e-4 relative, since another
+CPU's kernels round float sums differently (an AMD EPYC differs from the recording machine by
+up to 1.3e-5 relative); the clip fractions to 0.01, since that rounding can move a token or two
+(of ~400) across the clip boundary. A change to the PPO math moves them far more.
+
 Re-record from any commit (its code on PYTHONPATH, e.g. a git worktree with conf/ linked to
 detox/conf): `PYTHONPATH=<worktree> OMP_NUM_THREADS=1 python tests/test_parity.py OUT.json`.
 """
@@ -42,8 +47,8 @@ def test_first_quickstart_steps_equal_the_recorded_ones(tmp_path):
     steps = first_steps(make_cfg(OVERRIDES, output_dir=str(tmp_path)), len(recorded["steps"]))
     for i, (got, expected) in enumerate(zip(steps, recorded["steps"]), start=1):
         assert got.pop("responses") == expected.pop("responses"), f"step {i}: other responses were sampled"
-        differ = {k: (v, got.get(k)) for k, v in expected.items()
-                  if got.get(k) is None or not math.isclose(got[k], v, rel_tol=1e-6, abs_tol=1e-9)}
+        differ = {k: (v, got.get(k)) for k, v in expected.items() if got.get(k) is None or not (
+                  abs(got[k] - v) <= 0.01 if k.endswith("clipfrac") else math.isclose(got[k], v, rel_tol=1e-4, abs_tol=1e-8))}
         assert not differ, f"step {i}: metrics changed (recorded, now): {differ}"
 
 
