@@ -58,7 +58,7 @@ def atomic_dir(path: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(path)}-")
     try:
         yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        _readable(tmp)
         if os.path.exists(path):
             old = tempfile.mkdtemp(dir=parent, prefix=f".old-{os.path.basename(path)}-")
             os.replace(path, os.path.join(old, "x"))
@@ -69,6 +69,17 @@ def atomic_dir(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _readable(root: str) -> None:
+    """Folders 755 and files 644 under `root`: mkdtemp makes its folder private, and safetensors
+    writes its files private (0600), which a model meant to be shared must not be."""
+    os.chmod(root, 0o755)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
 
 
 def read_jsonl(path: str) -> list[dict]:

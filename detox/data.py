@@ -130,35 +130,49 @@ def load_splits(cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> Dataset
     return splits
 
 
-def fit_prompts(splits: DatasetDict, tokenizer, cfg: DictConfig) -> DatasetDict:
-    """Prompts longer than `data.max_input_tokens` get their DIALOGUE cut (its end), never the
-    template's text around it (the closing "Summary:" instruction), with one warning giving how
-    many were cut. `cfg` is the `data` config node."""
-    limit = cfg.max_input_tokens
-    overhead = len(tokenizer(build_prompt(cfg.prompt_template, ""))["input_ids"])
+def check_prompt_room(tokenizer, template: str, limit: int) -> None:
+    """The template alone must leave room for a dialogue within `limit` tokens."""
+    overhead = len(tokenizer(build_prompt(template, ""))["input_ids"])
     if overhead >= limit:
         raise ConfigError(f"data.max_input_tokens={limit} leaves no room for the dialogue: the prompt template alone "
                           f"is {overhead} tokens. Raise data.max_input_tokens (the recipe: 512).")
 
-    def fit(row):
-        prompt = row["prompt"]
-        excess = len(tokenizer(prompt)["input_ids"]) - limit
-        if excess <= 0:
-            return {"prompt": prompt, "_cut": False}
-        ids = tokenizer(row[cfg.dialogue_column], add_special_tokens=False)["input_ids"]
-        keep = max(len(ids) - excess, 0)
-        while True:  # decoding and re-encoding can merge tokens at the cut: shrink until it fits
-            prompt = build_prompt(cfg.prompt_template, tokenizer.decode(ids[:keep], skip_special_tokens=True))
-            if len(tokenizer(prompt)["input_ids"]) <= limit or keep == 0:
-                return {"prompt": prompt, "_cut": True}
-            keep -= 1
 
-    fitted = splits.map(fit)
-    cut = sum(sum(split["_cut"]) for split in fitted.values())
+def fit_prompt(tokenizer, template: str, dialogue: str, limit: int) -> tuple[str, bool]:
+    """The prompt of `dialogue` in at most `limit` tokens, and whether the dialogue was cut: a
+    prompt too long loses the END of its dialogue, never the template's text around it (the
+    closing "Summary:" instruction)."""
+    prompt = build_prompt(template, dialogue)
+    excess = len(tokenizer(prompt)["input_ids"]) - limit
+    if excess <= 0:
+        return prompt, False
+    ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
+    keep = max(len(ids) - excess, 0)
+    while True:  # decoding and re-encoding can merge tokens at the cut: shrink until it fits
+        prompt = build_prompt(template, tokenizer.decode(ids[:keep], skip_special_tokens=True))
+        if len(tokenizer(prompt)["input_ids"]) <= limit or keep == 0:
+            return prompt, True
+        keep -= 1
+
+
+def warn_cut(cut: int, total: int, limit: int) -> None:
     if cut:
-        total = sum(len(split) for split in fitted.values())
         log.warning("%d of %d prompts were longer than data.max_input_tokens=%d: their dialogues were cut at the "
                     "end, the template's text kept", cut, total, limit)
+
+
+def fit_prompts(splits: DatasetDict, tokenizer, cfg: DictConfig) -> DatasetDict:
+    """Every split's prompts fitted into `data.max_input_tokens` (`fit_prompt`), with one warning
+    giving how many were cut. `cfg` is the `data` config node."""
+    limit = cfg.max_input_tokens
+    check_prompt_room(tokenizer, cfg.prompt_template, limit)
+
+    def fit(row):
+        prompt, cut = fit_prompt(tokenizer, cfg.prompt_template, row[cfg.dialogue_column], limit)
+        return {"prompt": prompt, "_cut": cut}
+
+    fitted = splits.map(fit)
+    warn_cut(sum(sum(split["_cut"]) for split in fitted.values()), sum(len(split) for split in fitted.values()), limit)
     return fitted.remove_columns("_cut")
 
 

@@ -13,7 +13,7 @@ A run dir is Hydra's output dir of one job. PPO writes:
     checkpoints/step-<N>/       periodic checkpoints (format: detox/checkpoint.py)
     final/                      the last checkpoint
     eval/                       samples.jsonl, report.json, report.md, toxicity_hist.png, baseline.json
-    export/                     stage=export: a merged, plain transformers model
+    export/                     stage=export: a model to ship (README.md model card, detox_export.json)
 
 SFT (stage=sft) writes results.json, metrics.jsonl, sft_samples.jsonl, sft_trainer/ and
 final/adapter or final/model.
@@ -36,6 +36,7 @@ CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 EVAL_DIR = "eval"
 EXPORT_DIR = "export"
+EXPORT_INFO_FILE = "detox_export.json"  # in export/: the run's provenance and config
 SFT_TRAINER_DIR = "sft_trainer"
 SFT_SAMPLES_FILE = "sft_samples.jsonl"
 

@@ -8,6 +8,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
+from detox import ppo
 from detox.checkpoint import fingerprint_diffs, latest_checkpoint, read_state, saved_step
 from detox.errors import CheckpointError, ConfigError, Interrupted, RunStopped
 from detox.hub import looks_local
@@ -104,7 +105,7 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
         log.warning("the run is unfinished: using its newest checkpoint, step %d (%s)", step, checkpoint)
     saved = OmegaConf.load(config_path)
     saved.output_dir = run_dir
-    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in saved.items() if k != "hydra"})
+    run_cfg = typed_config(saved)
     for key in map(override_key, hydra_overrides()):
         if under(key, OWN_KEYS):
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
@@ -120,3 +121,15 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, str]:
         raise CheckpointError(f"checkpoint {checkpoint} was not made with {config_path} (they differ in "
                               f"{', '.join(diffs)}); restore the config the run was trained with.")
     return run_cfg, checkpoint
+
+
+def typed_config(saved) -> DictConfig:
+    """A run's saved config (a dict, or its .hydra/config.yaml) on the schema: typed, and with the
+    defaults of settings added since it ran."""
+    return OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in saved.items() if k != "hydra"})
+
+
+def has_critic(cfg: DictConfig) -> bool:
+    """Whether the run's advantage estimator uses a value head (a run from before the setting: GAE's)."""
+    name = OmegaConf.select(cfg, "ppo.advantage")
+    return ppo.ADVANTAGE_ESTIMATORS[getattr(name, "value", name) or "gae"].uses_values

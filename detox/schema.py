@@ -31,7 +31,7 @@ def _choices(name: str, values) -> type[Enum]:
     return Enum(name, {value: value for value in values}, type=str)
 
 
-Stage = _choices("Stage", ["ppo", "sft", "eval", "export"])
+Stage = _choices("Stage", ["ppo", "sft", "eval", "export", "generate"])
 # initial: the policy as it was at step 0 (base + starting adapter); base: the bare base model,
 # the recipe's (flawed) reference.
 Reference = _choices("Reference", ["initial", "base"])
@@ -219,6 +219,31 @@ class SFTConfig:
 
 
 @dataclass
+class ExportConfig:
+    """stage=export: `<run_dir>/export/`, a model to ship (detox/export.py)."""
+
+    adapter_only: bool = False  # the trained LoRA adapter alone, for users who keep the base model
+
+
+@dataclass
+class GenerateConfig:
+    """stage=generate (= `detox-generate`): summarize new dialogues with a trained policy.
+
+    The dialogues' column is `data.dialogue_column` (ids from `data.id_column` when present);
+    a run or export brings its own prompt template and input truncation, a plain model takes
+    `data.prompt_template` / `data.max_input_tokens`."""
+
+    model: Optional[str] = None  # a run dir, an export folder, or a seq2seq path / hub id; null: run_dir
+    input: Optional[str] = None  # .jsonl / .csv / .parquet / a text file (blank-line-separated); null or -: stdin
+    output: Optional[str] = None  # a .jsonl to write; null or -: stdout
+    compare: bool = False  # also the starting policy's summary (`start_summary`)
+    judges: List[str] = field(default_factory=list)  # eval.judges' names: each summary's P(toxic) by each
+    sample: bool = False  # sample with the run's generation settings (seed: `seed`); default greedy
+    batch_size: int = 16
+    max_new_tokens: Optional[int] = None  # null: generation.max_new_tokens_max (what evaluation uses)
+
+
+@dataclass
 class LoggerConfig:
     backend: LoggerBackend = LoggerBackend.wandb
     mode: Optional[str] = None  # online | offline | disabled; null: WANDB_MODE, else offline without an API key
@@ -236,7 +261,7 @@ class Config:
     resume: str = "auto"  # auto | true | false
     resume_allow: List[str] = field(default_factory=list)  # settings a resume may change (applied from then on)
     allow_unfinished: bool = False  # stage=eval/export on a run without final/: use its newest checkpoint
-    run_dir: Optional[str] = None  # for stage=eval/export: the finished run to use
+    run_dir: Optional[str] = None  # for stage=eval/export/generate: the finished run to use
     output_dir: str = MISSING  # set from Hydra's run dir
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None  # torch's CPU threads; null: the cores, shared among a local multirun's jobs
@@ -249,6 +274,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -280,14 +307,13 @@ def _positive(cfg: Any, key: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} is invalid: it must be {bound}. Override it, e.g. `{key}=...`.")
 
 
-def _check_template(template: str) -> None:
+def check_template(template: str, key: str = "data.prompt_template") -> None:
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as e:  # an unmatched brace
-        raise ConfigError(f"data.prompt_template is not a valid template ({e}); write literal braces as "
-                          "{{ and }}.") from e
+        raise ConfigError(f"{key} is not a valid template ({e}); write literal braces as {{{{ and }}}}.") from e
     if fields != ["dialogue"]:
-        raise ConfigError(f"data.prompt_template must contain the placeholder {{dialogue}} once and no other "
+        raise ConfigError(f"{key} must contain the placeholder {{dialogue}} once and no other "
                           f"(it has {['{' + f + '}' for f in fields] or 'none'}); write literal braces as {{{{ and }}}}.")
 
 
@@ -381,7 +407,7 @@ def validate(cfg: DictConfig) -> None:
             "data.test_size + data.val_size must be in (0, 1) (fractions of the filtered set); "
             f"got {cfg.data.test_size} + {cfg.data.val_size}."
         )
-    _check_template(cfg.data.prompt_template)
+    check_template(cfg.data.prompt_template)
     for key, low, high, what in (
         ("generation.top_p", 0.0, 1.0, "a probability mass in (0, 1]"),
         ("eval.toxic_threshold", 0.0, 1.0, "a probability in [0, 1]"),
@@ -431,3 +457,9 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.stage in (Stage.eval, Stage.export) and not cfg.run_dir:
         raise ConfigError(f"stage={cfg.stage.value} needs run_dir=<the run dir to {cfg.stage.value}>.")
+    if cfg.stage == Stage.generate and not (cfg.generate.model or cfg.run_dir):
+        raise ConfigError("stage=generate needs the model to summarize with: run_dir=<a run dir>, or "
+                          "generate.model=<a run dir, an export folder, or a seq2seq model path / hub id>.")
+    _positive(cfg, "generate.batch_size")
+    if cfg.generate.max_new_tokens is not None:
+        _positive(cfg, "generate.max_new_tokens")

@@ -7,19 +7,19 @@ import contextlib
 import logging
 import os
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
-from detox.atomic import atomic_write_json, cut_jsonl_after
+from detox.atomic import cut_jsonl_after
 from detox.checkpoint import latest_checkpoint, load_trainable, read_state, saved_step
-from detox import ppo
 from detox.compute import apply_threads, enable_tf32
 from detox.data import fit_prompts, load_splits
 from detox.distributed import Distributed, resolve_device, use_main_run_dir
-from detox.errors import CheckpointError, DetoxError
+from detox.errors import CheckpointError, ConfigError, DetoxError
 from detox.evaluation import Evaluator
+from detox.export import export_info, run_evaluation, write_export
 from detox.judges import build_judges
-from detox.overrides import hydra_overrides
+from detox.overrides import hydra_overrides, override_key
 from detox.plots import plot_curves
 from detox.policy import build_policy, check_policy, count_parameters, load_tokenizer
 from detox.preemption import StopSignals
@@ -28,9 +28,10 @@ from detox.results import Results, model_provenance, provenance
 from detox.reward import build_reward, check_reward_label
 from detox.run_dir import CURVES_FILE, EVAL_DIR, EXPORT_DIR, METRICS_FILE, ROLLOUTS_FILE
 from detox.run_lock import RunLock
-from detox.runs import JobRecord, config_dict, load_run, should_resume
+from detox.runs import JobRecord, config_dict, has_critic, load_run, should_resume
 from detox.schema import Stage, validate
 from detox.sft import run_sft
+from detox.summarize import HYDRA_KEYS, Request, summarize
 from detox.sweep import objective
 from detox.tracking import Tracker, read_metrics
 from detox.trainer import PPOTrainer
@@ -42,7 +43,8 @@ def run_stage(cfg: DictConfig):
     validate(cfg)
     apply_threads(cfg.threads)
     enable_tf32(resolve_device(cfg.device))
-    stages = {Stage.ppo: run_ppo, Stage.sft: run_sft, Stage.eval: run_eval, Stage.export: run_export}
+    stages = {Stage.ppo: run_ppo, Stage.sft: run_sft, Stage.eval: run_eval, Stage.export: run_export,
+              Stage.generate: run_generate}
     return stages[cfg.stage](cfg)
 
 
@@ -132,12 +134,6 @@ def _train_and_evaluate(cfg: DictConfig, dist: Distributed, run_dir: str, resume
     return score
 
 
-def has_critic(cfg: DictConfig) -> bool:
-    """Whether the run's advantage estimator uses a value head (a run from before the setting: GAE's)."""
-    name = OmegaConf.select(cfg, "ppo.advantage")
-    return ppo.ADVANTAGE_ESTIMATORS[getattr(name, "value", name) or "gae"].uses_values
-
-
 def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrainer, Evaluator | None]:
     """The trainer, and the evaluator (None where eval is off, and on non-main processes)."""
     dist = dist or Distributed()
@@ -225,7 +221,7 @@ def _run_eval(cfg: DictConfig) -> float | None:
 
 
 def run_export(cfg: DictConfig) -> None:
-    """Merge a finished run's adapter into its base model and save a plain HF model."""
+    """A finished run's policy as a model to ship, in `<run_dir>/export/` (detox/export.py)."""
     with _finished_run_lock(cfg):
         _run_export(cfg)
 
@@ -233,14 +229,34 @@ def run_export(cfg: DictConfig) -> None:
 def _run_export(cfg: DictConfig) -> None:
     run_cfg, checkpoint = load_run(cfg)
     run_dir = cfg.run_dir
+    if cfg.export.adapter_only and not run_cfg.lora.enabled:
+        raise ConfigError(f"export.adapter_only=true, but run {run_dir} trained every weight (lora.enabled=false): "
+                          "it has no adapter to export. Drop export.adapter_only to export the whole model.")
     policy = build_policy(run_cfg.policy, run_cfg.lora, value_head=has_critic(run_cfg))
     state = read_state(checkpoint)
     load_trainable(checkpoint, state, policy)
-    model = policy.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload(adapter_names=list(model.active_adapters))
+    info = export_info(config_dict(run_cfg), run_dir, checkpoint, state["step"], cfg.export.adapter_only,
+                       Results.reopen(run_dir).data.get("provenance"))
     out = os.path.join(run_dir, EXPORT_DIR)
-    model.save_pretrained(out)
-    load_tokenizer(run_cfg.policy).save_pretrained(out)
-    atomic_write_json(os.path.join(out, "detox_export.json"), {"checkpoint": checkpoint, "step": state["step"]})
-    print(f"detox: exported step {state['step']} of {run_dir} to {out}")
+    files = write_export(out, policy, load_tokenizer(run_cfg.policy), info, *run_evaluation(run_dir))
+    print(f"detox: exported step {state['step']} of {os.path.abspath(run_dir)}"
+          f"{'' if info['finished'] else ' (unfinished)'} to {os.path.abspath(out)}"
+          f"{' (the LoRA adapter alone)' if info['adapter_only'] else ''}\n  {', '.join(files)}")
+
+
+# ---------------------------------------------------------------------------------- stage=generate
+
+
+def run_generate(cfg: DictConfig) -> None:
+    """`detox-generate` from the Hydra command line: generate.* and data.dialogue_column / id_column;
+    a plain model's prompt template and limits come from data.* / generation.*."""
+    explicit = {override_key(o) for o in hydra_overrides()}
+    generate = cfg.generate
+    summarize(Request(
+        model=generate.model or cfg.run_dir, input=generate.input, output=generate.output,
+        column=cfg.data.dialogue_column, id_column=cfg.data.id_column, compare=generate.compare,
+        judges=list(generate.judges), sample=generate.sample, seed=cfg.seed, batch_size=generate.batch_size,
+        max_new_tokens=generate.max_new_tokens, device=cfg.device,
+        prompt_template=cfg.data.prompt_template if "data.prompt_template" in explicit else None,
+        max_input_tokens=cfg.data.max_input_tokens if "data.max_input_tokens" in explicit else None,
+    ), defaults=cfg, keys=HYDRA_KEYS)

@@ -47,3 +47,24 @@ def tiny_overrides(tiny):
         "generation.max_new_tokens_min=8", "generation.max_new_tokens_max=16", "ppo.steps=2",
         "ppo.save_every=0", "ppo.value_warmup_steps=0",
     ]
+
+
+# A sixth of the preset, with a smaller evaluation: every file and wire of a real run (run once,
+# shared by tests/test_cli_e2e.py and tests/test_export_generate.py). That training improves the
+# reward is checked on the whole preset (tests/test_quickstart_targets.py, `pytest -m slow`): in a
+# few steps the batch-to-batch share of heated prompts moves env/reward_mean more than learning does.
+E2E_STEPS = 10
+E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=5", "eval.num_samples=32", "eval.val_samples=16"]
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """(run dir, completed process) of `detox experiment=quickstart` with E2E_OVERRIDES."""
+    from detox_cli import run_detox
+
+    root = tmp_path_factory.mktemp("e2e")
+    run_dir = root / "run"
+    out = run_detox(["experiment=quickstart", *E2E_OVERRIDES, f"hydra.run.dir={run_dir}", "logger.group=e2e"],
+                    cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir, out

@@ -10,14 +10,14 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "detox"
 
 LAYERS = {
-    0: ["errors", "atomic", "run_dir", "overrides", "ppo", "eval_metrics", "schema"],
+    0: ["errors", "atomic", "run_dir", "overrides", "ppo", "eval_metrics", "schema", "dialogue_io"],
     1: ["hub", "plots", "results", "checkpoint", "distributed", "sweep", "compute", "tracking", "preemption", "run_lock",
         "guards"],
     2: ["data", "policy", "reward", "judges", "generation"],
-    3: ["rollout", "update", "trainer", "report", "report_files", "evaluation", "sft_trainer"],
+    3: ["rollout", "update", "trainer", "report", "report_files", "evaluation", "sft_trainer", "model_card", "export"],
     4: ["runs"],
-    5: ["sft", "stages"],
-    6: ["cli", "__main__", "sweep_jobs", "sweep_summary"],
+    5: ["sft", "summarize", "stages"],
+    6: ["cli", "__main__", "sweep_jobs", "sweep_summary", "generate"],
 }
 LAYER = {module: layer for layer, modules in LAYERS.items() for module in modules}
 ENTRY_POINTS = LAYERS[6]

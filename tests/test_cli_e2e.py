@@ -8,31 +8,16 @@ import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from conftest import E2E_STEPS
 from detox_cli import run_detox
 from wandb_offline import read_run
 
 from detox.schema import asset_path
 
-# A sixth of the preset, with a smaller evaluation: every file and wire of a real run. That
-# training improves the reward is checked on the whole preset (tests/test_quickstart_targets.py,
-# `pytest -m slow`): in a few steps the batch-to-batch share of heated prompts moves
-# env/reward_mean more than learning does.
-E2E_STEPS = 10
-E2E_OVERRIDES = [f"ppo.steps={E2E_STEPS}", "ppo.save_every=5", "eval.num_samples=32", "eval.val_samples=16"]
 METRICS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
            "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl", "ppo/policy/clipfrac",
            "ppo/value/explained_variance", "ppo/returns/mean", "response/length_mean", "perf/step_time_s",
            "perf/samples_per_s"]
-
-
-@pytest.fixture(scope="session")
-def quickstart_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    run_dir = root / "run"
-    out = run_detox(["experiment=quickstart", *E2E_OVERRIDES, f"hydra.run.dir={run_dir}", "logger.group=e2e"],
-                  cwd=root)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run_dir, out
 
 
 def test_run_dir_has_every_file(quickstart_run):
@@ -84,20 +69,6 @@ def test_wandb_offline_run_holds_the_curves(quickstart_run):
     assert set(METRICS) <= set(history[-1])
     logged = [r["env/reward_mean"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "env/reward_mean" in r]
     assert [h["env/reward_mean"] for h in history] == pytest.approx(logged)
-
-
-def test_export_merges_the_adapter(quickstart_run, tmp_path):
-    run_dir, _ = quickstart_run
-    out = run_detox(["stage=export", f"run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'export-job'}"], cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    merged = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "export").eval()
-    peft = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(asset_path("tiny-t5")),
-                                     str(run_dir / "final" / "adapter")).eval()
-    ids = torch.tensor([[5, 6, 7, 1]])
-    dec = torch.tensor([[0, 5, 6]])
-    with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids, decoder_input_ids=dec).logits,
-                                   peft(input_ids=ids, decoder_input_ids=dec).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
