@@ -1,4 +1,4 @@
-"""The `detox` command (= `python -m detox`): one Hydra app, stages ppo | sft | eval | export."""
+"""The `detox` command (= `python -m detox`): one Hydra app, stages ppo | sft | eval | export | generate."""
 
 from __future__ import annotations
 

@@ -54,8 +54,9 @@ def _read_text(path: str) -> str:
 
 
 def _blocks(text: str) -> list[str]:
-    """One dialogue per block of lines; blocks are separated by blank lines."""
-    return [block.strip("\n") for block in re.split(r"\n[ \t]*\n", text.strip()) if block.strip()]
+    """One dialogue per block of lines; blocks are separated by (whitespace-only) blank lines."""
+    blocks = re.split(r"\n(?:[ \t]*\n)+", text.replace("\r\n", "\n"))
+    return [block.strip() for block in blocks if block.strip()]
 
 
 def _json_lines(text: str, name: str) -> list[dict[str, Any]]:

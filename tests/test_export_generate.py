@@ -144,6 +144,29 @@ def test_export_is_atomic_and_adapter_only_reloads_on_the_base(quickstart_run, r
     assert "adapter_model.safetensors" not in os.listdir(run_dir / "export")
 
 
+def test_a_full_fine_tuning_run_exports_in_its_dtype_and_has_no_adapter_to_export(tiny_overrides, tmp_path):
+    from conftest import make_cfg
+    from omegaconf import OmegaConf
+
+    from detox.errors import ConfigError
+    from detox.stages import run_stage
+
+    run_dir = tmp_path / "run"
+    cfg = make_cfg([*tiny_overrides, "lora.enabled=false", "policy.dtype=bfloat16", "eval.enabled=false", "ppo.steps=1"],
+                   output_dir=str(run_dir))
+    run_stage(cfg)  # mixed precision: fp32 weights train, bf16 computes
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what Hydra writes
+    export = ["stage=export", f"run_dir={run_dir}"]
+    with pytest.raises(ConfigError, match=r"export.adapter_only=true, but run .* trained every weight"):
+        run_stage(make_cfg([*export, "export.adapter_only=true"], output_dir=str(tmp_path / "job")))
+    assert not (run_dir / "export").exists()
+    run_stage(make_cfg(export, output_dir=str(tmp_path / "job")))
+    model = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "export", dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert "every weight (full fine-tuning)" in (run_dir / "export" / "README.md").read_text()
+
+
 # ----------------------------------------------------------------------------------- generate
 
 
@@ -195,6 +218,11 @@ def test_generate_reads_an_export_and_an_unfinished_run(quickstart_run, run_poli
     rows = generate_rows([str(run_dir / "export"), inputs, "--compare"], capsys)
     assert [r["summary"] for r in rows] == run_policy_greedy[1]
     assert any(r["start_summary"] != r["summary"] for r in rows)
+
+    # --sample: the run's sampling settings, reproducible by seed
+    sampled = [generate_rows([str(run_dir / "export"), inputs, "--sample", "--seed", "3"], capsys) for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    assert [r["summary"] for r in sampled[0]] != [r["summary"] for r in rows]  # not the greedy ones
 
     shutil.rmtree(run_dir / "final")  # unfinished: its newest checkpoint, with a warning
     rows = generate_rows([str(run_dir), inputs], capsys)
