@@ -17,7 +17,7 @@ from detox.distributed import launched_world_size
 from detox.errors import DetoxError, Interrupted, RunStopped
 from detox.results import Results
 from detox.runs import quiet_libraries
-from detox.schema import register
+from detox.schema import register, validate
 
 register()
 quiet_libraries()
@@ -32,10 +32,6 @@ DISK_ERRORS = {errno.ENOSPC: "free some space, or point hydra.run.dir at another
 
 @hydra.main(version_base="1.3", config_path="pkg://detox.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    # Imported here, not above: `detox --help` and `--cfg job` then answer without loading the
-    # model libraries the stages need.
-    from detox.stages import run_stage
-
     if launched_world_size() > 1 and _in_multirun():
         # Every process would run the whole sweep, and their jobs would not line up.
         log.error("ConfigError: `-m` (multirun) under a data-parallel launcher (WORLD_SIZE=%d) is not "
@@ -43,6 +39,11 @@ def main(cfg: DictConfig) -> float | None:
                   "<overrides>`, or sweep without `accelerate launch`.", launched_world_size())
         sys.exit(2)
     try:
+        validate(cfg)  # a config error answers before the model libraries load (seconds)
+        # Imported here, not above: `detox --help` and `--cfg job` then answer without loading the
+        # model libraries the stages need.
+        from detox.stages import run_stage
+
         return run_stage(cfg)
     except RunStopped as e:
         _report_stop(cfg, e)

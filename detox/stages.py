@@ -259,4 +259,4 @@ def run_generate(cfg: DictConfig) -> None:
         max_new_tokens=generate.max_new_tokens, device=cfg.device,
         prompt_template=cfg.data.prompt_template if "data.prompt_template" in explicit else None,
         max_input_tokens=cfg.data.max_input_tokens if "data.max_input_tokens" in explicit else None,
-    ), defaults=cfg, keys=HYDRA_KEYS)
+    ), command=cfg, keys=HYDRA_KEYS)

@@ -123,13 +123,15 @@ def _load_adapter_weights(policy, path: str) -> None:
                         f"tensors, e.g. {result.unexpected_keys[0]}); re-export it from its run.")
 
 
-def open_source(path: str, defaults: DictConfig, keys: dict) -> Source:
-    """A run dir, an export folder, or a seq2seq model (checked from its config alone)."""
+def open_source(path: str, command: DictConfig, keys: dict) -> Source:
+    """A run dir, an export folder, or a seq2seq model (checked from its config alone).
+    `command`: this command's config (a run takes its device/eval overrides, a plain model all)."""
     if not path:
         raise ConfigError(f"no model: pass {keys['model']} (a run dir, an export folder, or a seq2seq model).")
     if os.path.isdir(path) and os.path.exists(os.path.join(path, HYDRA_CONFIG)):
-        run_cfg, checkpoint = load_run(OmegaConf.create({"run_dir": path, "allow_unfinished": True,
-                                                         "stage": Stage.generate.value}))
+        reading = command.copy()
+        reading.run_dir, reading.allow_unfinished, reading.stage = path, True, Stage.generate
+        run_cfg, checkpoint = load_run(reading)
         return Source("run", path, run_cfg, keys["model"], checkpoint)
     info_path = os.path.join(path, EXPORT_INFO_FILE)
     if os.path.isdir(path) and os.path.exists(info_path):
@@ -141,19 +143,20 @@ def open_source(path: str, defaults: DictConfig, keys: dict) -> Source:
     if not getattr(config, "is_encoder_decoder", False):
         raise LoadError(f"{keys['model']}={path!r} is a {model_kind(config)}, not an encoder-decoder (seq2seq) "
                         "language model; pass a run dir, an export folder, or a seq2seq model such as T5 / FLAN-T5.")
-    return Source("model", path, defaults, keys["model"])
+    return Source("model", path, command, keys["model"])
 
 
-def summarize(request: Request, defaults: DictConfig | None = None, keys: dict = CLI_KEYS) -> list[dict]:
+def summarize(request: Request, command: DictConfig | None = None, keys: dict = CLI_KEYS) -> list[dict]:
     """Summaries of `request.input`'s dialogues, written as JSON lines to `request.output`.
-    `defaults`: the config a plain model's settings come from (None: the schema's)."""
+    `command`: the Hydra command's config, which a plain model's settings come from (None: the
+    schema's defaults)."""
     for key in ("batch_size", "max_new_tokens", "max_input_tokens"):
         value = getattr(request, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key.replace('_', '-')}={value} is invalid: it must be > 0.")
     dialogues = read_dialogues(request.input, request.column, request.id_column, column_key=keys["column"],
                                id_key=keys["id_column"])
-    source = open_source(request.model, defaults if defaults is not None else OmegaConf.structured(Config), keys)
+    source = open_source(request.model, command if command is not None else OmegaConf.structured(Config), keys)
     if request.compare and source.kind == "model":
         raise ConfigError(f"{keys['compare']} needs a run dir or a detox export: {request.model!r} is a plain model, "
                           "with no starting policy to compare with.")

@@ -222,6 +222,7 @@ def test_two_processes_train_in_step_and_write_one_set_of_outputs(straight):
     assert (proc.stdout + proc.stderr).count("detox: run dir") == 1
 
 
+@pytest.mark.slow  # ~1 min on a slow machine; one process's exact resume is in the default suite
 def test_resume_with_two_processes_continues_exactly(straight, tiny, tmp_path):
     root, _ = straight
     resumed = tmp_path / "run"

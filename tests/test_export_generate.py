@@ -1,11 +1,10 @@
 """Using what a run trained: `detox stage=export` (a model to ship) and `detox-generate`
 (summaries of new dialogues), on the shared 10-step quickstart run (conftest.quickstart_run)."""
 
+import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -67,11 +66,21 @@ def generate_rows(args, capsys) -> list[dict]:
 # ------------------------------------------------------------------------------------- export
 
 
+def export_run(run_dir, job_dir, *overrides):
+    """`detox stage=export run_dir=<run_dir>`, in-process (the CLI's Hydra wiring of a stage is
+    exercised by stage=generate below and by stage=eval in tests/test_cli_e2e.py)."""
+    from conftest import make_cfg
+
+    from detox.stages import run_stage
+
+    run_stage(make_cfg(["stage=export", f"run_dir={run_dir}", *overrides], output_dir=str(job_dir)))
+
+
 def test_export_reloads_with_plain_transformers_and_reproduces_the_run_policy(quickstart_run, run_policy_greedy,
-                                                                              tmp_path):
+                                                                              tmp_path, capsys):
     run_dir = quickstart_run[0]
-    out = run_detox(["stage=export", f"run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'job'}"], cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    export_run(run_dir, tmp_path / "job")
+    printed = capsys.readouterr().out
     export = run_dir / "export"
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md",
             "detox_export.json"} <= set(os.listdir(export))
@@ -96,21 +105,18 @@ def test_export_reloads_with_plain_transformers_and_reproduces_the_run_policy(qu
     for text in ["tiny-roberta-hate", "P(`nothate`)", "10 exported", "LoRA r=16", f"[{lo:+.3f}, {hi:+.3f}]",
                  "Prompts with heated=True", "AutoModelForSeq2SeqLM.from_pretrained(here)", "open to reward hacking"]:
         assert text in card, text
-    assert str(export) in out.stdout and "model.safetensors" in out.stdout
+    assert str(export) in printed and "model.safetensors" in printed
 
 
-def test_export_is_atomic_and_adapter_only_reloads_on_the_base(quickstart_run, run_policy_greedy, tmp_path,
-                                                               monkeypatch):
-    from conftest import make_cfg
-
+def test_export_is_atomic_and_adapter_only_reloads_on_the_base(quickstart_run, run_policy_greedy, dialogues,
+                                                               tmp_path, monkeypatch, capsys):
     import detox.export
-    from detox.stages import run_stage
 
     run_dir = tmp_path / "run"
     shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl", "export"))
 
     def export(*overrides):
-        run_stage(make_cfg(["stage=export", f"run_dir={run_dir}", *overrides], output_dir=str(tmp_path / "job")))
+        export_run(run_dir, tmp_path / "job", *overrides)
 
     def crash(*args, **kwargs):
         raise RuntimeError("injected crash mid-export")
@@ -132,6 +138,8 @@ def test_export_is_atomic_and_adapter_only_reloads_on_the_base(quickstart_run, r
     with torch.no_grad():
         assert model.generate(**enc, do_sample=False, max_new_tokens=64).tolist() == ids.tolist()
     assert "PeftModel.from_pretrained(base, here)" in (run_dir / "export" / "README.md").read_text()
+    rows = generate_rows([str(run_dir / "export"), str(write_jsonl(tmp_path / "in.jsonl", dialogues))], capsys)
+    assert [r["summary"] for r in rows] == run_policy_greedy[1]  # detox-generate reads it too
 
     before = (run_dir / "export" / "adapter_model.safetensors").read_bytes()
     with monkeypatch.context() as m:  # a crashed re-export leaves the old export whole
@@ -171,7 +179,7 @@ def test_a_full_fine_tuning_run_exports_in_its_dtype_and_has_no_adapter_to_expor
 
 
 def test_generate_gives_the_run_policys_greedy_summaries_from_jsonl_text_and_stdin(
-        quickstart_run, dialogues, run_policy_greedy, tmp_path, capsys):
+        quickstart_run, dialogues, run_policy_greedy, tmp_path, capsys, monkeypatch):
     run_dir = quickstart_run[0]
     expected = run_policy_greedy[1]
 
@@ -191,29 +199,22 @@ def test_generate_gives_the_run_policys_greedy_summaries_from_jsonl_text_and_std
     # a text file, one dialogue per blank-line-separated block, through `detox stage=generate`
     text = tmp_path / "in.txt"
     text.write_text("\n\n".join(d["dialogue"] for d in dialogues) + "\n")
-    out = run_detox(["stage=generate", f"run_dir={run_dir}", f"generate.input={text}",
+    out = run_detox(["stage=generate", f"run_dir={run_dir}", f"generate.input={text}", "device=cpu",
                      f"generate.output={tmp_path / 'out.jsonl'}", f"hydra.run.dir={tmp_path / 'job'}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
     assert [r["id"] for r in rows] == list(range(HEATED)) and [r["summary"] for r in rows] == expected
 
-    # stdin, through the console script's module; the merged export reads the same way
-    out = subprocess.run([sys.executable, "-m", "detox.generate", str(run_dir)], input=(tmp_path / "in.jsonl").read_text(),
-                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "2"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert [json.loads(line)["summary"] for line in out.stdout.splitlines()] == expected
-    assert "summarizing 8 dialogues" in out.stderr
+    # stdin (JSON lines), when INPUT is absent
+    monkeypatch.setattr("sys.stdin", io.StringIO((tmp_path / "in.jsonl").read_text()))
+    assert [r["summary"] for r in generate_rows([str(run_dir)], capsys)] == expected
 
 
 def test_generate_reads_an_export_and_an_unfinished_run(quickstart_run, run_policy_greedy, dialogues, tmp_path,
                                                          capsys, caplog):
-    from conftest import make_cfg
-
-    from detox.stages import run_stage
-
     run_dir = tmp_path / "run"
     shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl", "export"))
-    run_stage(make_cfg(["stage=export", f"run_dir={run_dir}"], output_dir=str(tmp_path / "job")))
+    export_run(run_dir, tmp_path / "job")
     inputs = str(write_jsonl(tmp_path / "in.jsonl", dialogues))
     rows = generate_rows([str(run_dir / "export"), inputs, "--compare"], capsys)
     assert [r["summary"] for r in rows] == run_policy_greedy[1]

@@ -117,6 +117,7 @@ def test_the_cli_refuses_a_second_process_and_exits_143_on_sigterm(tiny_override
     assert "Traceback" not in out and not os.path.exists(run_dir / "detox.lock")
 
 
+@pytest.mark.slow  # ~45 s; the default suite runs submitit_local in tests/test_sweep.py and SIGTERM in-process
 def test_submitit_preemption_checkpoints_first_then_requeues_and_resumes(tiny_overrides, tmp_path):
     """SLURM's pre-timeout USR2 through submitit's real handler (the local executor): our
     checkpoint first, then submitit's requeue, and the requeued job resumes in the same dir."""

@@ -180,7 +180,8 @@ def test_multirun_2x2_through_the_cli(tiny_overrides, tmp_path):
 # A failing job does not take the sweep down, in-process (basic) or in separate processes (submitit)
 
 
-@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+# basic: under -m slow (the 2x2 multirun runs it); submitit_local, the cluster path, by default
+@pytest.mark.parametrize("launcher", [pytest.param("basic", marks=pytest.mark.slow), "submitit_local"])
 def test_a_failing_job_does_not_stop_the_sweep(launcher, tiny_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     # job 0 fails at its config check (batch 8 is not divisible by mini-batch 3); job 1 must still run
