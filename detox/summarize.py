@@ -179,6 +179,7 @@ def summarize(request: Request, command: DictConfig | None = None, keys: dict = 
     for name, model in source.models(request.compare, device):
         gen = generation_config(settings.generation, model.config, greedy=not request.sample)
         texts[name] = _generate(model, tokenizer, prompts, gen, request, limit, max_new_tokens, device, name)
+        del model  # the starting policy is freed before a merged export loads
     rows = []
     for i, d in enumerate(dialogues):
         row = {"id": d["id"], "dialogue": d["dialogue"], "summary": texts["trained"][i]}
