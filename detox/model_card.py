@@ -53,7 +53,9 @@ def _training(config: dict, step: int, finished: bool) -> list[str]:
                    f"{'summary' if reward['input'] == 'response' else 'dialogue + summary'}"),
         ("algorithm", f"PPO, advantage estimator `{ppo.get('advantage', 'gae')}`"
                       + (f", {k} samples per prompt" if k > 1 else "")),
-        ("KL penalty", f"per token to the starting policy, `{kl.get('estimator', 'k1')}` estimator, coefficient {controller}"),
+        ("KL penalty", f"per token to {'the base model' if str(policy['reference']) == 'base' else 'the starting policy'}"
+                       f", `{kl.get('estimator', 'k1')}` estimator, {'a loss term' if kl.get('in_loss') else 'in the reward'}"
+                       f", coefficient {controller}"),
         ("steps", f"{step} exported" + ("" if finished else f" (of {ppo['steps']}: the run is UNFINISHED)")
                   + f"; {ppo['batch_size']} responses per step, {ppo['ppo_epochs']} PPO epochs of mini-batches of "
                   f"{ppo['mini_batch_size']}"),
@@ -85,6 +87,7 @@ def _evaluation(report: dict | None, prompts: int | None, eval_cfg: dict, finish
     lines += [f"{prompts or 'The'} held-out test prompts summarized by the starting and the trained policy "
               f"({eval_cfg['decoding']} decoding, the same seed); `null` resamples the starting policy with a "
               "second seed: the change noise alone produces. Toxicity is each judge's P(toxic) of the summary "
+              "(`reward_on_prompt`: of dialogue + summary, the recipe's measure) "
               f"(toxic above {eval_cfg['toxic_threshold']}); brackets are 95% bootstrap CIs (paired for changes). "
               + (f"{' and '.join(f'`{j}`' for j in judges if j in REWARD_JUDGES)} score with the reward model PPO "
                  "optimized against (open to reward hacking); the others are independent judges."
