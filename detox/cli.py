@@ -20,7 +20,6 @@ from detox.runs import quiet_libraries
 from detox.schema import register, validate
 
 register()
-quiet_libraries()
 log = logging.getLogger("detox")
 # The disk refusing a write, and what to do about it.
 DISK_ERRORS = {errno.ENOSPC: "free some space, or point hydra.run.dir at another disk",
@@ -32,6 +31,7 @@ DISK_ERRORS = {errno.ENOSPC: "free some space, or point hydra.run.dir at another
 
 @hydra.main(version_base="1.3", config_path="pkg://detox.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    quiet_libraries()  # here, not at import: `detox --help` answers without importing datasets and transformers
     if launched_world_size() > 1 and _in_multirun():
         # Every process would run the whole sweep, and their jobs would not line up.
         log.error("ConfigError: `-m` (multirun) under a data-parallel launcher (WORLD_SIZE=%d) is not "
