@@ -44,9 +44,11 @@ log = logging.getLogger(__name__)
 # The names of a request's settings in messages: on the Hydra command line, and for detox-generate.
 HYDRA_KEYS = {"model": "generate.model", "column": "data.dialogue_column", "id_column": "data.id_column",
               "compare": "generate.compare", "prompt_template": "data.prompt_template",
-              "max_input_tokens": "data.max_input_tokens"}
+              "max_input_tokens": "data.max_input_tokens", "batch_size": "generate.batch_size",
+              "max_new_tokens": "generate.max_new_tokens"}
 CLI_KEYS = {"model": "MODEL", "column": "--column", "id_column": "--id-column", "compare": "--compare",
-            "prompt_template": "--prompt-template", "max_input_tokens": "--max-input-tokens"}
+            "prompt_template": "--prompt-template", "max_input_tokens": "--max-input-tokens",
+            "batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens"}
 
 
 @dataclass
@@ -149,11 +151,11 @@ def open_source(path: str, command: DictConfig, keys: dict) -> Source:
 def summarize(request: Request, command: DictConfig | None = None, keys: dict = CLI_KEYS) -> list[dict]:
     """Summaries of `request.input`'s dialogues, written as JSON lines to `request.output`.
     `command`: the Hydra command's config, which a plain model's settings come from (None: the
-    schema's defaults)."""
+    schema's defaults). Everything that can fail cheaply comes before a model loads."""
     for key in ("batch_size", "max_new_tokens", "max_input_tokens"):
         value = getattr(request, key)
         if value is not None and value <= 0:
-            raise ConfigError(f"{key.replace('_', '-')}={value} is invalid: it must be > 0.")
+            raise ConfigError(f"{keys[key]}={value} is invalid: it must be > 0.")
     dialogues = read_dialogues(request.input, request.column, request.id_column, column_key=keys["column"],
                                id_key=keys["id_column"])
     source = open_source(request.model, command if command is not None else OmegaConf.structured(Config), keys)
@@ -167,10 +169,7 @@ def summarize(request: Request, command: DictConfig | None = None, keys: dict = 
     device = resolve_device(request.device)
     judges = build_judges(request.judges, settings.reward, device) if request.judges else []
     tokenizer = source.tokenizer()
-    check_prompt_room(tokenizer, template, limit)
-    fitted = [fit_prompt(tokenizer, template, d["dialogue"], limit) for d in dialogues]
-    warn_cut(sum(cut for _, cut in fitted), len(fitted), limit)
-    prompts = [prompt for prompt, _ in fitted]
+    prompts = _fit_prompts(tokenizer, template, [d["dialogue"] for d in dialogues], limit)
     max_new_tokens = request.max_new_tokens or settings.generation.max_new_tokens_max
     log.info("summarizing %d dialogues with %s (%s, up to %d new tokens)", len(prompts), source.describe(),
              f"sampled, seed {request.seed}" if request.sample else "greedy", max_new_tokens)
@@ -180,20 +179,31 @@ def summarize(request: Request, command: DictConfig | None = None, keys: dict = 
         gen = generation_config(settings.generation, model.config, greedy=not request.sample)
         texts[name] = _generate(model, tokenizer, prompts, gen, request, limit, max_new_tokens, device, name)
         del model  # the starting policy is freed before a merged export loads
-    rows = []
-    for i, d in enumerate(dialogues):
-        row = {"id": d["id"], "dialogue": d["dialogue"], "summary": texts["trained"][i]}
-        if request.compare:
-            row["start_summary"] = texts["start"][i]
-        rows.append(row)
+    rows = _rows(dialogues, texts, judges)
+    write_rows(rows, request.output)
+    if request.output not in (None, "-"):
+        log.info("wrote %d summaries to %s", len(rows), os.path.abspath(request.output))
+    return rows
+
+
+def _fit_prompts(tokenizer, template: str, dialogues: list[str], limit: int) -> list[str]:
+    """The prompts, each within `limit` tokens (data.fit_prompt: as training fitted them)."""
+    check_prompt_room(tokenizer, template, limit)
+    fitted = [fit_prompt(tokenizer, template, dialogue, limit) for dialogue in dialogues]
+    warn_cut(sum(cut for _, cut in fitted), len(fitted), limit)
+    return [prompt for prompt, _ in fitted]
+
+
+def _rows(dialogues: list[dict], texts: dict[str, list[str]], judges) -> list[dict]:
+    """One output row per dialogue: the trained policy's summary, the starting one's (when
+    compared) and each judge's P(toxic) of them."""
+    rows = [{"id": d["id"], "dialogue": d["dialogue"], "summary": texts["trained"][i],
+             **({"start_summary": texts["start"][i]} if "start" in texts else {})} for i, d in enumerate(dialogues)]
     for judge in judges:
         for variant, key in (("trained", "toxicity"), ("start", "start_toxicity")):
             if variant in texts:
                 for row, p in zip(rows, judge.toxicity(texts[variant])):
                     row.setdefault(key, {})[judge.name] = round(float(p), 4)
-    write_rows(rows, request.output)
-    if request.output not in (None, "-"):
-        log.info("wrote %d summaries to %s", len(rows), os.path.abspath(request.output))
     return rows
 
 
