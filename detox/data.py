@@ -130,12 +130,12 @@ def load_splits(cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> Dataset
     return splits
 
 
-def check_prompt_room(tokenizer, template: str, limit: int) -> None:
-    """The template alone must leave room for a dialogue within `limit` tokens."""
+def check_prompt_room(tokenizer, template: str, limit: int, key: str = "data.max_input_tokens") -> None:
+    """The template alone must leave room for a dialogue within `limit` tokens (`key`: the setting)."""
     overhead = len(tokenizer(build_prompt(template, ""))["input_ids"])
     if overhead >= limit:
-        raise ConfigError(f"data.max_input_tokens={limit} leaves no room for the dialogue: the prompt template alone "
-                          f"is {overhead} tokens. Raise data.max_input_tokens (the recipe: 512).")
+        raise ConfigError(f"{key}={limit} leaves no room for the dialogue: the prompt template alone "
+                          f"is {overhead} tokens. Raise {key} (the recipe: 512).")
 
 
 def fit_prompt(tokenizer, template: str, dialogue: str, limit: int) -> tuple[str, bool]:

@@ -169,6 +169,7 @@ def summarize(request: Request, command: DictConfig | None = None, keys: dict = 
     device = resolve_device(request.device)
     judges = build_judges(request.judges, settings.reward, device) if request.judges else []
     tokenizer = source.tokenizer()
+    check_prompt_room(tokenizer, template, limit, keys["max_input_tokens"])
     prompts = _fit_prompts(tokenizer, template, [d["dialogue"] for d in dialogues], limit)
     max_new_tokens = request.max_new_tokens or settings.generation.max_new_tokens_max
     log.info("summarizing %d dialogues with %s (%s, up to %d new tokens)", len(prompts), source.describe(),
@@ -188,7 +189,6 @@ def summarize(request: Request, command: DictConfig | None = None, keys: dict = 
 
 def _fit_prompts(tokenizer, template: str, dialogues: list[str], limit: int) -> list[str]:
     """The prompts, each within `limit` tokens (data.fit_prompt: as training fitted them)."""
-    check_prompt_room(tokenizer, template, limit)
     fitted = [fit_prompt(tokenizer, template, dialogue, limit) for dialogue in dialogues]
     warn_cut(sum(cut for _, cut in fitted), len(fitted), limit)
     return [prompt for prompt, _ in fitted]
