@@ -283,6 +283,13 @@ def load_trainable(path: str, state: dict, policy) -> None:
             param.copy_(tensors[name].to(param.device, param.dtype))
 
 
+def load_trained(path: str, policy) -> int:
+    """A checkpoint's trainable tensors into `policy` (stage=eval/export, detox-generate); its step."""
+    state = read_state(path)
+    load_trainable(path, state, policy)
+    return int(state["step"])
+
+
 def load_checkpoint(path: str, policy, optimizer: torch.optim.Optimizer, cfg: DictConfig,
                     allow=()) -> tuple[dict, dict[str, tuple]]:
     """Restore trainable weights, optimizer and RNG; return the trainer state and the setting

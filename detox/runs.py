@@ -1,5 +1,5 @@
 """Run plumbing every stage shares: the device, the config as a dict, quiet libraries, the
-resume decision, recording a failure, and reading a finished run back."""
+resume decision, recording a failure, reading a finished run back, and the policy a run starts from."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from detox.checkpoint import fingerprint_diffs, latest_checkpoint, read_state, s
 from detox.errors import CheckpointError, ConfigError, Interrupted, RunStopped
 from detox.hub import looks_local
 from detox.overrides import hydra_overrides, override_key, under
+from detox.policy import Policy, build_policy
 from detox.results import Results
 from detox.run_dir import FINAL_DIR, HYDRA_CONFIG
 from detox.schema import Config, validate
@@ -127,6 +128,12 @@ def typed_config(saved) -> DictConfig:
     """A run's saved config (a dict, or its .hydra/config.yaml) on the schema: typed, and with the
     defaults of settings added since it ran."""
     return OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in saved.items() if k != "hydra"})
+
+
+def starting_policy(cfg: DictConfig) -> Policy:
+    """The policy a run of `cfg` starts from (before any checkpoint loads), with a value head
+    where its estimator uses one."""
+    return build_policy(cfg.policy, cfg.lora, cfg.generation.temperature, value_head=has_critic(cfg))
 
 
 def has_critic(cfg: DictConfig) -> bool:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from transformers import set_seed
 
 from detox.atomic import cut_jsonl_after
-from detox.checkpoint import latest_checkpoint, load_trainable, read_state, saved_step
+from detox.checkpoint import latest_checkpoint, load_trained, saved_step
 from detox.compute import apply_threads, enable_tf32
 from detox.data import fit_prompts, load_splits
 from detox.distributed import Distributed, resolve_device, use_main_run_dir
@@ -21,14 +21,14 @@ from detox.export import export_info, run_evaluation, write_export
 from detox.judges import build_judges
 from detox.overrides import hydra_overrides, override_key
 from detox.plots import plot_curves
-from detox.policy import build_policy, check_policy, count_parameters, load_tokenizer
+from detox.policy import check_policy, count_parameters, load_tokenizer
 from detox.preemption import StopSignals
 from detox.report import example_rows, ranking_judge
 from detox.results import Results, model_provenance, provenance
 from detox.reward import build_reward, check_reward_label
 from detox.run_dir import CURVES_FILE, EVAL_DIR, EXPORT_DIR, METRICS_FILE, ROLLOUTS_FILE
 from detox.run_lock import RunLock
-from detox.runs import JobRecord, config_dict, has_critic, load_run, should_resume
+from detox.runs import JobRecord, config_dict, has_critic, load_run, should_resume, starting_policy
 from detox.schema import Stage, validate
 from detox.sft import run_sft
 from detox.summarize import HYDRA_KEYS, Request, summarize
@@ -150,7 +150,7 @@ def build_ppo(cfg: DictConfig, dist: Distributed | None = None) -> tuple[PPOTrai
     judges = (build_judges(cfg.eval.judges, cfg.reward, reward_device, reward=reward)
               if cfg.eval.enabled and dist.is_main else None)
 
-    policy = build_policy(cfg.policy, cfg.lora, cfg.generation.temperature, value_head=has_critic(cfg)).to(device)
+    policy = starting_policy(cfg).to(device)
     trainable, total = count_parameters(*[m for m in (policy.model, policy.value_head) if m is not None])
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
@@ -203,19 +203,17 @@ def _run_eval(cfg: DictConfig) -> float | None:
     judges = build_judges(run_cfg.eval.judges, run_cfg.reward, device, reward=reward)
     tokenizer = load_tokenizer(run_cfg.policy)
     splits = fit_prompts(splits, tokenizer, run_cfg.data)
-    policy = build_policy(run_cfg.policy, run_cfg.lora, run_cfg.generation.temperature,
-                          value_head=has_critic(run_cfg)).to(device)  # the start
+    policy = starting_policy(run_cfg).to(device)
     evaluator = Evaluator(run_cfg, policy, tokenizer, judges, splits, device)
     baseline = evaluator.baseline(os.path.join(run_dir, EVAL_DIR))
-    state = read_state(checkpoint)
-    load_trainable(checkpoint, state, policy)
-    log.info("evaluating %s (step %d)", checkpoint, state["step"])
+    step = load_trained(checkpoint, policy)
+    log.info("evaluating %s (step %d)", checkpoint, step)
     tracker = Tracker(run_cfg.logger, run_dir, config_dict(run_cfg), start_step=None)
     try:
         score = finish_eval(run_cfg, evaluator, baseline, run_dir, Results.reopen(run_dir), tracker)
     finally:
         tracker.finish(0)
-    print(f"\ndetox: evaluated step {state['step']} of {os.path.abspath(run_dir)}\n"
+    print(f"\ndetox: evaluated step {step} of {os.path.abspath(run_dir)}\n"
           "  eval/report.md, eval/report.json, eval/samples.jsonl, eval/toxicity_hist.png")
     return score
 
@@ -232,14 +230,13 @@ def _run_export(cfg: DictConfig) -> None:
     if cfg.export.adapter_only and not run_cfg.lora.enabled:
         raise ConfigError(f"export.adapter_only=true, but run {run_dir} trained every weight (lora.enabled=false): "
                           "it has no adapter to export. Drop export.adapter_only to export the whole model.")
-    policy = build_policy(run_cfg.policy, run_cfg.lora, value_head=has_critic(run_cfg))
-    state = read_state(checkpoint)
-    load_trainable(checkpoint, state, policy)
-    info = export_info(config_dict(run_cfg), run_dir, checkpoint, state["step"], cfg.export.adapter_only,
+    policy = starting_policy(run_cfg)
+    step = load_trained(checkpoint, policy)
+    info = export_info(config_dict(run_cfg), run_dir, checkpoint, step, cfg.export.adapter_only,
                        Results.reopen(run_dir).data.get("provenance"))
     out = os.path.join(run_dir, EXPORT_DIR)
     files = write_export(out, policy, load_tokenizer(run_cfg.policy), info, *run_evaluation(run_dir))
-    print(f"detox: exported step {state['step']} of {os.path.abspath(run_dir)}"
+    print(f"detox: exported step {step} of {os.path.abspath(run_dir)}"
           f"{'' if info['finished'] else ' (unfinished)'} to {os.path.abspath(out)}"
           f"{' (the LoRA adapter alone)' if info['adapter_only'] else ''}\n  {', '.join(files)}")
 

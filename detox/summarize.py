@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from detox.checkpoint import load_trainable, read_state
+from detox.checkpoint import load_trained, read_state
 from detox.data import check_prompt_room, fit_prompt, warn_cut
 from detox.dialogue_io import read_dialogues, write_rows
 from detox.distributed import resolve_device
@@ -34,9 +34,9 @@ from detox.evaluation import forked_rng
 from detox.generation import decode_responses, generate_batches, generation_config
 from detox.hub import friendly_load_error, model_kind
 from detox.judges import build_judges
-from detox.policy import TRAIN_ADAPTER, build_policy, load_tokenizer
+from detox.policy import TRAIN_ADAPTER, load_tokenizer
 from detox.run_dir import EXPORT_INFO_FILE, HYDRA_CONFIG
-from detox.runs import has_critic, load_run, typed_config
+from detox.runs import load_run, starting_policy, typed_config
 from detox.schema import Config, Stage, check_template
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,12 @@ class Source:
             yield "trained", self._plain_model(device)
             return
         # The policy as it started: the run's own assembly, before its checkpoint loads.
-        critic = self.kind == "run" and has_critic(cfg)
         needs_start = compare or self.kind in ("run", "adapter")
-        policy = build_policy(cfg.policy, cfg.lora, cfg.generation.temperature, value_head=critic).to(device) \
-            if needs_start else None
+        policy = starting_policy(cfg).to(device) if needs_start else None
         if compare:
             yield "start", policy
         if self.kind == "run":
-            load_trainable(self.checkpoint, read_state(self.checkpoint), policy)
+            load_trained(self.checkpoint, policy)
         elif self.kind == "adapter":
             _load_adapter_weights(policy, self.path)
         else:  # a merged export: a plain transformers model
