@@ -13,11 +13,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from detox.distributed import launched_world_size
-from detox.errors import DetoxError, Interrupted, RunStopped
-from detox.results import Results
-from detox.runs import quiet_libraries
-from detox.schema import register, validate
+from detox.config.schema import register
+from detox.config.validate import validate
+from detox.core.errors import DetoxError, Interrupted, RunStopped
+from detox.core.logs import quiet_libraries
+from detox.runtime.distributed import launched_world_size
+from detox.runtime.results import Results
 
 register()
 log = logging.getLogger("detox")
@@ -29,8 +30,24 @@ DISK_ERRORS = {errno.ENOSPC: "free some space, or point hydra.run.dir at another
                errno.EPERM: "point hydra.run.dir at a folder you can write to"}
 
 
+def main() -> None:
+    """The `detox` command. Hydra exits 1 on any error it catches itself; one raised before the
+    run or sweep started (`RunDirCheck` marks that) is a config it could not compose
+    (`ppo.steps=abc`, an unknown group member): a user error, so exit 2 as every other config
+    error does."""
+    try:
+        app()
+    except SystemExit as e:
+        if e.code == 1 and not _COMPOSED:
+            sys.exit(2)
+        raise
+
+
+_COMPOSED = False  # set once Hydra composed the config and starts the run or the sweep
+
+
 @hydra.main(version_base="1.3", config_path="pkg://detox.conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float | None:
     quiet_libraries()  # here, not at import: `detox --help` answers without importing datasets and transformers
     if launched_world_size() > 1 and _in_multirun():
         # Every process would run the whole sweep, and their jobs would not line up.
@@ -42,9 +59,9 @@ def main(cfg: DictConfig) -> float | None:
         validate(cfg)  # a config error answers before the model libraries load (seconds)
         # Imported here, not above: `detox --help` and `--cfg job` then answer without loading the
         # model libraries the stages need.
-        from detox.stages import run_stage
+        from detox.stages.dispatch import run_stage
 
-        return run_stage(cfg)
+        return run_stage(cfg, validated=True)
     except RunStopped as e:
         _report_stop(cfg, e)
         if isinstance(e, Interrupted) and e.chain is not None:
@@ -89,15 +106,22 @@ def _one_line(error: BaseException) -> None:
 
 
 class RunDirCheck(Callback):
-    """A Hydra callback (conf/config.yaml `hydra.callbacks`): the run or sweep dir must be a folder
-    this process can write, checked before Hydra creates it and opens its log there (Hydra's
-    own failures there are tracebacks)."""
+    """A Hydra callback (conf/config.yaml `hydra.callbacks`), called once the config composed: the
+    run or sweep dir must be a folder this process can write, checked before Hydra creates it and
+    opens its log there (Hydra's own failures there are tracebacks)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _composed()
         _check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _composed()
         _check_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _composed() -> None:
+    global _COMPOSED
+    _COMPOSED = True
 
 
 def _check_writable_dir(path: str, key: str) -> None:

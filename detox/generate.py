@@ -1,4 +1,4 @@
-"""`detox-generate MODEL [INPUT]`: summarize dialogues with a trained policy (detox/summarize.py).
+"""`detox-generate MODEL [INPUT]`: summarize dialogues with a trained policy (detox/stages/summarize.py).
 
 Writes JSON lines (id, dialogue, summary [, start_summary] [, toxicity, start_toxicity]) to
 stdout or `-o FILE`; logs and the progress bar go to stderr. A bad input is one line on
@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="detox-generate: %(levelname)s: %(message)s")
     logging.getLogger("detox").setLevel(logging.INFO)
     # Imported here: --help answers without loading torch and transformers.
-    from detox.errors import DetoxError
-    from detox.runs import quiet_libraries
-    from detox.schema import register
-    from detox.summarize import Request, summarize
+    from detox.config.schema import register
+    from detox.core.errors import DetoxError
+    from detox.core.logs import quiet_libraries
+    from detox.stages.summarize import Request, summarize_dialogues
 
     register()  # the resolvers a run's saved config uses (detox_asset)
     quiet_libraries()
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         prompt_template=args.prompt_template, max_input_tokens=args.max_input_tokens, device=args.device)
     try:
-        summarize(request)
+        summarize_dialogues(request)
     except DetoxError as e:
         print(f"detox-generate: {type(e).__name__}: {e}".replace("\n", " "), file=sys.stderr)
         return 2

@@ -53,8 +53,14 @@ PHASES = ("generate", "reward", "forward", "optimise")
 
 # ------------------------------------------------------------------------------ models and config
 def build_base_models(root: str, reward: str) -> dict[str, str]:
-    from transformers import (RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast,
-                              T5Config, T5ForConditionalGeneration, T5Tokenizer)
+    from transformers import (
+        RobertaConfig,
+        RobertaForSequenceClassification,
+        RobertaTokenizerFast,
+        T5Config,
+        T5ForConditionalGeneration,
+        T5Tokenizer,
+    )
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
@@ -124,7 +130,9 @@ class RawBaseline:
         policy = trainer.policy
         self.model, self.head, self.tokenizer, self.gen_config = policy.model, policy.value_head, trainer.tokenizer, \
             trainer.gen_config
-        self.reward = trainer.reward  # its .model and .tokenizer: a transformers classifier
+        # a transformers classifier with .model and .tokenizer (inside the reward's component since the layout step)
+        component = getattr(trainer.reward, "component", trainer.reward)
+        self.reward = getattr(component, "model", component)
         self.reference_copy = policy.reference_model if policy.reference_mode == "copy" else None
         config = self.model.config
         tied = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False))
@@ -153,7 +161,8 @@ class RawBaseline:
         logprobs = torch.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         return logprobs, self.head.summary(hidden.float()).squeeze(-1) if values and self.head is not None else None
 
-    def step(self, r) -> dict[str, float]:
+    def step(self, rollout) -> dict[str, float]:
+        r = Tensors(rollout)
         times = {}
         t0 = time.perf_counter()
         with torch.no_grad(), self.autocast():
@@ -214,13 +223,11 @@ class Side:
     def __init__(self, overrides: list[str], reference: str, raw: bool):
         from hydra import compose, initialize_config_module
 
-        from detox.schema import register
-        from detox.stages import build_ppo
-
+        # Either layout: this tree's, or a commit's from before the subpackages (--vs-commit).
+        register = from_either("detox.config.schema", "detox.schema", "register")
+        build_ppo = from_either("detox.stages.assemble", "detox.stages", "build_ppo")
         with contextlib.suppress(ImportError):
-            from detox.runs import quiet_libraries
-
-            quiet_libraries()
+            from_either("detox.core.logs", "detox.runs", "quiet_libraries")()
         register()
         logging.getLogger("detox").setLevel(logging.ERROR)  # e.g. the KL sign warning of min_length
         self.rss_before_models = _rss_now_gb()
@@ -259,11 +266,33 @@ class Side:
 def make_reference_a_frozen_copy(policy, cfg) -> None:
     """The other way to hold a reference: a second, frozen copy of the base model (what a
     framework without adapter-disabling does), for the memory comparison."""
-    from detox.policy import load_base_model
+    load_base_model = from_either("detox.models.assembly", "detox.policy", "load_base_model")
 
     device = next(policy.parameters()).device
     policy.reference_model = load_base_model(cfg.policy).to(device).eval().requires_grad_(False)
     policy.reference_mode = "copy"
+
+
+def from_either(module: str, old_module: str, name: str):
+    """`name` from `module`, or from `old_module` in a commit from before the layout step."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError:
+        return getattr(importlib.import_module(old_module), name)
+
+
+class Tensors:
+    """A rollout's tensors by name, in either layout (its Seq2SeqBatch, or fields of its own)."""
+
+    def __init__(self, rollout):
+        self.rollout, self.batch = rollout, getattr(rollout, "batch", rollout)
+
+    def __getattr__(self, name):
+        if name in ("input_ids", "attention_mask", "decoder_input_ids", "response_ids", "mask"):
+            return getattr(self.batch, name)
+        return getattr(self.rollout, name)
 
 
 def sync():

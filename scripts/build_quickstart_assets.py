@@ -71,12 +71,12 @@ def log(msg: str) -> None:
 
 def load_quickstart_splits(data_path: str):
     """The quickstart's own train/validation/test split (conf/data/bundled.yaml) of `data_path`."""
-    from detox.data import load_splits
-    from detox.schema import DataConfig, register
+    from detox.config.schema import DataSettings, register
+    from detox.data.splits import load_splits
 
     register()  # the ${detox_asset:...} resolver
     cfg = OmegaConf.merge(
-        OmegaConf.structured(DataConfig), OmegaConf.load(os.path.join(REPO, "conf/data/bundled.yaml"))
+        OmegaConf.structured(DataSettings), OmegaConf.load(os.path.join(REPO, "conf/data/bundled.yaml"))
     )
     cfg.name_or_path = data_path
     return load_splits(cfg), cfg
@@ -220,7 +220,12 @@ def tokenizer_stats(tokenizer, rows) -> dict:
 
 def init_t5(tokenizer, args, path: str) -> str:
     """The untrained summarizer: a from-scratch T5 and its tokenizer, saved as a model folder."""
-    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration, set_seed
+    from transformers import (
+        GenerationConfig,
+        T5Config,
+        T5ForConditionalGeneration,
+        set_seed,
+    )
 
     set_seed(args.seed)
     config = T5Config(
@@ -274,8 +279,8 @@ def train_t5(tokenizer, splits, args) -> tuple[object, dict]:
     from hydra import compose, initialize_config_module
     from transformers import AutoModelForSeq2SeqLM
 
-    from detox.data import load_splits
-    from detox.sft import run_sft
+    from detox.data.splits import load_splits
+    from detox.stages.sft import run_sft
 
     work = tempfile.mkdtemp(prefix="tiny-t5-")
     try:
@@ -535,7 +540,11 @@ def save(model, tokenizer, path: str, info: dict) -> None:
 
 def check_reload(t5_dir: str, clf_dir: str, t5_tok, t5_model, clf_tok, clf_model, texts: list[str]) -> None:
     """The saved folders load through the Auto classes and give the same ids and outputs."""
-    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     tok = AutoTokenizer.from_pretrained(t5_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_dir).eval()

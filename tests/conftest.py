@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
-from detox.schema import register  # noqa: E402
-from detox.runs import quiet_libraries  # noqa: E402
+from detox.config.schema import register  # noqa: E402
+from detox.core.logs import quiet_libraries  # noqa: E402
 
 register()
 quiet_libraries()

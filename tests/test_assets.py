@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from detox.schema import asset_path
+from detox.core.assets import asset_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

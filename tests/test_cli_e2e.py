@@ -6,13 +6,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from peft import PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from conftest import E2E_STEPS
 from detox_cli import run_detox
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from wandb_offline import read_run
 
-from detox.schema import asset_path
+from detox.core.assets import asset_path
 
 METRICS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
            "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl", "ppo/policy/clipfrac",
@@ -97,8 +97,8 @@ def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
 def test_stage_eval_errors_name_the_problem(quickstart_run, tmp_path):
     from conftest import make_cfg
 
-    from detox.errors import ConfigError
-    from detox.stages import run_stage
+    from detox.core.errors import ConfigError
+    from detox.stages.dispatch import run_stage
 
     with pytest.raises(ConfigError, match="does not exist"):
         run_stage(make_cfg(["stage=eval", f"run_dir={tmp_path / 'nowhere'}"], output_dir=str(tmp_path / "j1")))

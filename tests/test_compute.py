@@ -6,8 +6,14 @@ import os
 import pytest
 import torch
 
-from detox.compute import apply_threads, available_cores, resolve_threads, sweep_size
-from detox.schema import ConfigError, validate
+from detox.config.validate import validate
+from detox.core.errors import ConfigError
+from detox.runtime.compute import (
+    apply_threads,
+    available_cores,
+    resolve_threads,
+    sweep_size,
+)
 
 
 def test_sweep_size_counts_the_basic_sweepers_jobs():
@@ -45,10 +51,3 @@ def test_bad_thread_and_batch_settings_are_refused(key, value):
 
     with pytest.raises(ConfigError, match=key):
         validate(make_cfg([f"{key}={value}"]))
-
-
-def test_unknown_kv_cache_is_refused():
-    from conftest import make_cfg
-
-    with pytest.raises(ConfigError, match="generation.cache_implementation='paged'.*null \\(dynamic\\) or static"):
-        validate(make_cfg(["generation.cache_implementation=paged"]))

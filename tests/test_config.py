@@ -5,7 +5,8 @@ import pytest
 from conftest import make_cfg
 from omegaconf import OmegaConf
 
-from detox.schema import ConfigError, validate
+from detox.config.validate import validate
+from detox.core.errors import ConfigError
 
 CONF = resources.files("detox.conf")
 GROUPS = ["policy", "reward", "ppo", "lora", "eval", "data", "logger", "experiment"]
@@ -62,6 +63,10 @@ def test_quickstart_points_at_shipped_assets():
     ("policy.reference=sideways", "policy.reference"),
     ("reward.kind=softmax", "reward.kind"),
     ("ppo.kl.estimator=k9", "ppo.kl.estimator"),
+    ("policy.dtype=float64", "policy.dtype"),
+    ("eval.decoding=beam", "eval.decoding"),
+    ("lora.train=sometimes", "lora.train"),
+    ("generation.cache_implementation=paged", "generation.cache_implementation"),
 ])
 def test_bad_type_or_unknown_key_names_the_key(override, key):
     with pytest.raises(Exception) as info:
@@ -78,7 +83,6 @@ def test_bad_type_or_unknown_key_names_the_key(override, key):
     ("generation.max_new_tokens_max=50", "generation.max_new_tokens_min"),
     ("data.max_chars=-5", "data.max_chars"),
     ("data.prompt_template=no placeholder", "{dialogue}"),
-    ("lora.train=sometimes", "lora.train"),
     ("resume=maybe", "resume"),
     ("stage=export", "run_dir"),
 ])

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from conftest import make_cfg
 
-from detox.data import DataError, PromptSampler, load_splits, sample_max_new_tokens
-from detox.hub import LoadError
+from detox.core.hub import LoadError
+from detox.data.sampling import PromptSampler, sample_max_new_tokens
+from detox.data.splits import DataError, load_splits
 
 
 def write_rows(path, rows):

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from detox.dialogue_io import read_dialogues, write_rows
-from detox.errors import DataError
+from detox.core.errors import DataError
+from detox.data.dialogue_io import read_dialogues, write_rows
 
 ROWS = [{"id": "a7", "dialogue": "#Person1#: Hi.\n#Person2#: Hello.", "topic": "x"},
         {"id": "b2", "dialogue": "#Person1#: Bye.\n#Person2#: See you.", "topic": "y"}]

@@ -13,11 +13,10 @@ import sys
 
 import pytest
 import torch
-
 from detox_cli import run_detox
 
-from detox import ppo
-from detox.distributed import Distributed, use_main_run_dir, weights_checksum
+from detox.algo import masked
+from detox.runtime.distributed import Distributed, use_main_run_dir, weights_checksum
 
 STEPS = 3
 LAUNCH_TIMEOUT_S = 240
@@ -95,7 +94,7 @@ def _worker(out_path: str) -> None:
     mask = torch.zeros(3, 5)
     mask[:, : 2 + 2 * rank] = 1
     mean, var = dist.masked_moments(x, mask)
-    whitened = ppo.masked_whiten(x, mask, mean=mean, var=var)
+    whitened = masked.masked_whiten(x, mask, mean=mean, var=var)
     # Parameters: different starts (the broadcast makes them rank 0's), different gradients.
     a = torch.nn.Parameter(torch.full((2, 2), float(rank)))
     b = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
@@ -129,10 +128,10 @@ def test_collectives_across_two_processes(tmp_path):
     # Whitening statistics of both batches together: what one process would get for the union.
     xs = torch.cat([torch.tensor(r["x"]) for r in ranks])
     masks = torch.cat([torch.tensor(r["mask"]) for r in ranks])
-    union = ppo.masked_whiten(xs, masks)
+    union = masked.masked_whiten(xs, masks)
     for r in ranks:
-        assert r["mean"] == pytest.approx(float(ppo.masked_mean(xs, masks)), rel=1e-6)
-        assert r["var"] == pytest.approx(float(ppo.masked_var(xs, masks)), rel=1e-6)
+        assert r["mean"] == pytest.approx(float(masked.masked_mean(xs, masks)), rel=1e-6)
+        assert r["var"] == pytest.approx(float(masked.masked_var(xs, masks)), rel=1e-6)
     torch.testing.assert_close(torch.cat([torch.tensor(r["whitened"]) for r in ranks]), union)
     for r in ranks:
         assert r["a"] == [[0.0, 0.0], [0.0, 0.0]]  # rank 0's start
@@ -246,8 +245,8 @@ def test_a_data_parallel_checkpoint_refuses_one_process(straight, tiny, tmp_path
 
     from conftest import make_cfg
 
-    from detox.checkpoint import CheckpointError
-    from detox.stages import run_ppo
+    from detox.runtime.checkpoint import CheckpointError
+    from detox.stages.ppo import run_ppo
 
     root, _ = straight
     run = tmp_path / "run"

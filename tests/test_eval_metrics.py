@@ -3,7 +3,13 @@ import pytest
 import torch
 from rouge_score import rouge_scorer
 
-from detox.eval_metrics import bootstrap_ci, distinct_n, exact_sequence_kl, paired_change, rouge
+from detox.algo.metrics import (
+    bootstrap_ci,
+    distinct_n,
+    exact_sequence_kl,
+    paired_change,
+    rouge,
+)
 
 
 def test_rouge_equals_rouge_score_directly():

@@ -2,16 +2,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_cfg
-from test_trainer import make_trainer
 
-from detox.data import load_splits
-from detox.evaluation import Evaluator
-from detox.judges import build_judges
-from detox.report import examples, report, summarize
+from detox.evaluation.report import examples, report, variant_metrics
+from detox.stages.assemble import Parts, assemble, build_evaluator, build_trainer
 
-CPU = torch.device("cpu")
+
+def evaluator_for(cfg, parts: Parts, judges=None):
+    """The evaluator a run of `cfg` builds, on `parts` (with other judges when given)."""
+    if judges is not None:
+        parts = Parts(**{**parts.__dict__, "judges": judges})
+    return build_evaluator(cfg, parts)
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +23,9 @@ def evaluated(tiny, tmp_path_factory):
                  "generation.max_new_tokens_min=8", "generation.max_new_tokens_max=12",
                  "ppo.value_warmup_steps=0", "ppo.learning_rate=5e-3", "eval.num_samples=1000", "eval.examples=2"]
     tmp = tmp_path_factory.mktemp("eval")
-    trainer = make_trainer(overrides, tmp)
-    cfg = trainer.cfg
-    splits = load_splits(cfg.data, extra_columns=("heated", "summary_clean"))
-    judges = build_judges(["reward", "profanity"], cfg.reward, CPU, reward=trainer.reward)
-    evaluator = Evaluator(cfg, trainer.policy, trainer.tokenizer, judges, splits, CPU)
+    cfg = make_cfg(overrides, output_dir=str(tmp))
+    parts = assemble(cfg)  # the judges of eval.judges: reward, profanity
+    trainer, evaluator, splits = build_trainer(cfg, parts), build_evaluator(cfg, parts), parts.splits
     baseline = evaluator.baseline(str(tmp / "eval"))
     for _ in range(3):
         trainer.train_step()
@@ -51,7 +50,7 @@ def test_exact_kl_is_zero_before_and_positive_after(evaluated):
 def test_report_equals_a_recomputation_from_samples_jsonl(evaluated):
     tmp, cfg, _, metrics, *_ = evaluated
     rows = [json.loads(line) for line in open(tmp / "eval" / "samples.jsonl")]
-    again = summarize(rows, cfg.data.summary_column, list(cfg.eval.reference_columns), cfg.eval.toxic_threshold)
+    again = variant_metrics(rows, cfg.data.summary_column, list(cfg.eval.reference_columns), cfg.eval.toxic_threshold)
     saved = json.load(open(tmp / "eval" / "report.json"))
     for key, value in again.items():
         assert saved[key] == pytest.approx(value, nan_ok=True), key
@@ -97,7 +96,8 @@ def test_baseline_is_cached_for_resume_and_resampled_when_settings_change(evalua
     assert [r["response"] for r in cached["before"]] == [s["before"]["response"] for s in samples]
     greedy = cfg.copy()
     greedy.eval.decoding = "greedy"
-    other = Evaluator(greedy, evaluator.policy, evaluator.tokenizer, evaluator.judges, splits, CPU)
+    other = evaluator_for(greedy, Parts(splits, evaluator.tokenizer, None, evaluator.judges, evaluator.policy,
+                                        evaluator.device))
     assert other.baseline_key() != evaluator.baseline_key()
 
 
@@ -105,18 +105,19 @@ def test_greedy_null_comparison_is_exactly_zero(evaluated):
     _, cfg, *_, evaluator, splits = evaluated
     greedy = cfg.copy()
     greedy.eval.decoding = "greedy"
-    ev = Evaluator(greedy, evaluator.policy, evaluator.tokenizer, evaluator.judges, splits, CPU)
+    ev = evaluator_for(greedy, Parts(splits, evaluator.tokenizer, None, evaluator.judges, evaluator.policy,
+                                     evaluator.device))
     a, b = ev.sample(ev.test, 1), ev.sample(ev.test, 2)
     assert [r["response"] for r in a] == [r["response"] for r in b]
 
 
 def test_evaluation_does_not_change_training(tiny_overrides, tmp_path):
-    from test_trainer import make_trainer as fresh
-
-    one = fresh(tiny_overrides, tmp_path / "a")  # seeds the global RNG
+    cfg = make_cfg(tiny_overrides, output_dir=str(tmp_path))
+    one = build_trainer(cfg, assemble(cfg, judges=False))  # seeds the global RNG
     r1 = one.rollout(one.sampler.next_indices())
-    two = fresh(tiny_overrides, tmp_path / "b")
-    ev = Evaluator(two.cfg, two.policy, two.tokenizer, [], load_splits(two.cfg.data), CPU)
+    parts = assemble(cfg, judges=False)
+    two = build_trainer(cfg, parts)
+    ev = evaluator_for(cfg, parts, judges=[])
     ev.sample(ev.test, 123)  # draws from a forked RNG
     r2 = two.rollout(two.sampler.next_indices())
     assert r1.responses == r2.responses
@@ -135,8 +136,8 @@ def test_examples_rank_by_the_toxicity_change():
 
 
 def test_unknown_group_by_column_fails_before_any_model_loads(tiny_overrides, tmp_path):
-    from detox.data import DataError
-    from detox.stages import run_ppo
+    from detox.data.splits import DataError
+    from detox.stages.ppo import run_ppo
 
     cfg = make_cfg([*tiny_overrides, "eval.group_by=speaker", "policy.name_or_path=/does/not/exist"],
                    output_dir=str(tmp_path))
@@ -147,9 +148,10 @@ def test_unknown_group_by_column_fails_before_any_model_loads(tiny_overrides, tm
 def test_stage_eval_on_a_run_and_its_errors(tiny_overrides, tmp_path):
     from omegaconf import OmegaConf
 
-    from detox.checkpoint import CheckpointError
-    from detox.schema import ConfigError
-    from detox.stages import run_eval, run_ppo
+    from detox.core.errors import ConfigError
+    from detox.runtime.checkpoint import CheckpointError
+    from detox.stages.evaluate import run_eval
+    from detox.stages.ppo import run_ppo
 
     run = tmp_path / "run"
     cfg = make_cfg([*tiny_overrides, "eval.enabled=false"], output_dir=str(run))
@@ -178,7 +180,7 @@ def test_stage_eval_on_a_run_and_its_errors(tiny_overrides, tmp_path):
 
 
 def test_no_validation_split_means_no_val_figures(tiny_overrides, tmp_path, caplog):
-    from detox.stages import run_ppo
+    from detox.stages.ppo import run_ppo
 
     run_ppo(make_cfg([*tiny_overrides, "data.val_size=0", "eval.every_n_steps=1"], output_dir=str(tmp_path)))
     results = json.load(open(tmp_path / "results.json"))

@@ -12,12 +12,13 @@ from detox_cli import run_detox
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
-from detox.checkpoint import load_trainable, read_state
+from detox.config.schema import typed_config
+from detox.core.assets import asset_path
 from detox.generate import main as detox_generate
-from detox.generation import generation_config
-from detox.policy import build_policy
-from detox.runs import has_critic, typed_config
-from detox.schema import asset_path
+from detox.models.assembly import build_policy
+from detox.models.generation import generation_config
+from detox.runtime.checkpoint import load_trainable, read_state
+from detox.stages.common import has_critic
 
 HEATED = 8  # test-split heated dialogues the checks summarize
 
@@ -46,7 +47,7 @@ def run_policy_greedy(quickstart_run, dialogues):
     tok = AutoTokenizer.from_pretrained(cfg.policy.name_or_path)
     prompts = [cfg.data.prompt_template.format(dialogue=d["dialogue"]) for d in dialogues]
     enc = tok(prompts, padding=True, return_tensors="pt")
-    gen = generation_config(cfg.generation, policy.config, greedy=True)
+    gen = generation_config(cfg.generation, policy.special_tokens, greedy=True)
     with torch.no_grad():
         ids = policy.model.generate(**enc, generation_config=gen, max_new_tokens=cfg.generation.max_new_tokens_max)
     return ids, tok.batch_decode(ids, skip_special_tokens=True), enc
@@ -71,7 +72,7 @@ def export_run(run_dir, job_dir, *overrides):
     exercised by stage=generate below and by stage=eval in tests/test_cli_e2e.py)."""
     from conftest import make_cfg
 
-    from detox.stages import run_stage
+    from detox.stages.dispatch import run_stage
 
     run_stage(make_cfg(["stage=export", f"run_dir={run_dir}", *overrides], output_dir=str(job_dir)))
 
@@ -110,7 +111,7 @@ def test_export_reloads_with_plain_transformers_and_reproduces_the_run_policy(qu
 
 def test_export_is_atomic_and_adapter_only_reloads_on_the_base(quickstart_run, run_policy_greedy, dialogues,
                                                                tmp_path, monkeypatch, capsys):
-    import detox.export
+    import detox.stages.export
 
     run_dir = tmp_path / "run"
     shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl", "export"))
@@ -122,7 +123,7 @@ def test_export_is_atomic_and_adapter_only_reloads_on_the_base(quickstart_run, r
         raise RuntimeError("injected crash mid-export")
 
     with monkeypatch.context() as m:  # the weights are written, the model card is not
-        m.setattr(detox.export, "model_card", crash)
+        m.setattr(detox.stages.export, "model_card", crash)
         with pytest.raises(RuntimeError, match="injected"):
             export()
     assert not (run_dir / "export").exists()
@@ -143,7 +144,7 @@ def test_export_is_atomic_and_adapter_only_reloads_on_the_base(quickstart_run, r
 
     before = (run_dir / "export" / "adapter_model.safetensors").read_bytes()
     with monkeypatch.context() as m:  # a crashed re-export leaves the old export whole
-        m.setattr(detox.export, "model_card", crash)
+        m.setattr(detox.stages.export, "model_card", crash)
         with pytest.raises(RuntimeError, match="injected"):
             export()
     assert (run_dir / "export" / "adapter_model.safetensors").read_bytes() == before
@@ -156,8 +157,8 @@ def test_a_full_fine_tuning_run_exports_in_its_dtype_and_has_no_adapter_to_expor
     from conftest import make_cfg
     from omegaconf import OmegaConf
 
-    from detox.errors import ConfigError
-    from detox.stages import run_stage
+    from detox.core.errors import ConfigError
+    from detox.stages.dispatch import run_stage
 
     run_dir = tmp_path / "run"
     cfg = make_cfg([*tiny_overrides, "lora.enabled=false", "policy.dtype=bfloat16", "eval.enabled=false", "ppo.steps=1"],

@@ -14,12 +14,16 @@ import torch
 from conftest import make_cfg
 from detox_cli import run_detox
 from safetensors.torch import load_file
+from tiny_models import NaNClassifier
 
-import detox.stages
-from detox.checkpoint import checkpoint_dirs, checkpoint_problem, latest_checkpoint
-from detox.errors import CheckpointError, Diverged, Interrupted, RunDirBusy
-from detox.stages import run_ppo
-from detox.tracking import read_metrics
+from detox.core.errors import CheckpointError, Diverged, Interrupted, RunDirBusy
+from detox.runtime.checkpoint import (
+    checkpoint_dirs,
+    checkpoint_problem,
+    latest_checkpoint,
+)
+from detox.runtime.tracking import read_metrics
+from detox.stages.ppo import run_ppo
 
 
 def results(run_dir):
@@ -149,31 +153,16 @@ def test_submitit_preemption_checkpoints_first_then_requeues_and_resumes(tiny_ov
 # ------------------------------------------------------------------------------------ guards
 
 
-class NaNReward:
-    """The real reward model, returning NaN for the calls numbered in `bad` (1-based)."""
-
-    def __init__(self, reward, bad):
-        self.reward, self.bad, self.calls = reward, bad, 0
-        self.id2label = reward.id2label
-
-    def score(self, prompts, responses):
-        self.calls += 1
-        scores = self.reward.score(prompts, responses)
-        return torch.full_like(scores, float("nan")) if self.calls in self.bad else scores
-
-    def probs(self, texts):
-        return self.reward.probs(texts)
-
-
-def nan_reward(monkeypatch, bad):
-    real = detox.stages.build_reward
-    monkeypatch.setattr(detox.stages, "build_reward", lambda cfg, device: NaNReward(real(cfg, device), bad))
+def nan_reward(monkeypatch, bad) -> str:
+    """A reward component that returns NaN for the calls numbered in `bad`: its override."""
+    monkeypatch.setattr(NaNClassifier, "bad", bad)
+    return "reward._target_=tiny_models.NaNClassifier"
 
 
 def test_a_nan_reward_batch_is_skipped_and_counted(base, tmp_path, monkeypatch, caplog):
-    nan_reward(monkeypatch, bad={2})
-    with caplog.at_level("WARNING", logger="detox.guards"):
-        run_ppo(make_cfg([*base, "ppo.steps=3"], output_dir=str(tmp_path)))
+    nan = nan_reward(monkeypatch, bad={2})
+    with caplog.at_level("WARNING", logger="detox.rl.guards"):
+        run_ppo(make_cfg([*base, "ppo.steps=3", nan], output_dir=str(tmp_path)))
     rows = read_metrics(str(tmp_path))
     assert [m["ppo/skipped_minibatches"] for m in rows] == [0, 4, 0]  # 2 epochs x 2 mini-batches
     assert rows[1]["ppo/epochs"] == 0 and "non-finite reward-model scores" in caplog.text
@@ -182,9 +171,9 @@ def test_a_nan_reward_batch_is_skipped_and_counted(base, tmp_path, monkeypatch, 
 
 
 def test_repeated_nan_rewards_stop_the_run_as_diverged(base, tmp_path, monkeypatch):
-    nan_reward(monkeypatch, bad={3, 4, 5, 6})
+    nan = nan_reward(monkeypatch, bad={3, 4, 5, 6})
     with pytest.raises(Diverged, match="3 updates in a row were skipped") as info:
-        run_ppo(make_cfg([*base, "ppo.steps=8", "ppo.save_every=1"], output_dir=str(tmp_path)))
+        run_ppo(make_cfg([*base, "ppo.steps=8", "ppo.save_every=1", nan], output_dir=str(tmp_path)))
     assert info.value.exit_code == 3
     r = results(tmp_path)
     assert r["status"] == "diverged" and r["step"] == 5 and "non-finite reward-model scores" in r["reason"]
@@ -205,7 +194,7 @@ def test_an_inf_gradient_skips_one_update_and_weights_stay_finite(tiny_overrides
         return grad * float("inf") if len(calls) == 1 else grad
 
     param.register_hook(poison_once)
-    with caplog.at_level("WARNING", logger="detox.guards"):
+    with caplog.at_level("WARNING", logger="detox.rl.guards"):
         metrics, _ = trainer.train_step()
     assert metrics["ppo/skipped_minibatches"] == 1 and "non-finite gradient norm" in caplog.text
     assert all(bool(torch.isfinite(p).all()) for p in trainer.update.trainable)
@@ -241,7 +230,7 @@ def test_a_live_lock_is_refused_and_a_stale_one_taken_over(base, tmp_path, caplo
     finally:
         live.kill()
         live.wait()
-    with caplog.at_level("WARNING", logger="detox.run_lock"):
+    with caplog.at_level("WARNING", logger="detox.runtime.run_lock"):
         run_ppo(make_cfg([*base, "ppo.steps=1"], output_dir=str(run_dir)))  # its pid is gone now
     assert f"process {live.pid} is gone" in caplog.text and results(run_dir)["status"] == "done"
     assert not os.path.exists(run_dir / "detox.lock")
@@ -279,7 +268,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(base, tmp_pa
     with open(tmp_path / "final" / "trainable.safetensors", "r+b") as f:
         f.truncate(100)
     os.remove(tmp_path / "checkpoints" / "step-2" / "trainer_state.json")
-    with caplog.at_level("WARNING", logger="detox.checkpoint"):
+    with caplog.at_level("WARNING", logger="detox.runtime.checkpoint"):
         assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoints" / "step-1")
     assert "trainable.safetensors is 100 bytes, the manifest says" in caplog.text
     assert "trainer_state.json is missing" in caplog.text
@@ -291,7 +280,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(base, tmp_pa
 def test_eval_of_an_unfinished_run_says_which_step_and_needs_allow_unfinished(base, tmp_path):
     import shutil
 
-    from detox.runs import load_run
+    from detox.stages.common import load_run
 
     run_ppo(make_cfg([*base, "ppo.steps=2", "ppo.save_every=1"], output_dir=str(tmp_path / "run")))
     shutil.rmtree(tmp_path / "run" / "final")
@@ -309,7 +298,7 @@ def test_eval_of_an_unfinished_run_says_which_step_and_needs_allow_unfinished(ba
 
 
 def test_an_empty_lock_file_is_busy_while_fresh_and_stale_when_old(tmp_path):
-    from detox.run_lock import RunLock
+    from detox.runtime.run_lock import RunLock
 
     lock = tmp_path / "detox.lock"
     lock.write_text("")  # a process killed between creating and writing its lock
@@ -328,7 +317,7 @@ def test_reward_clip_bounds_scores_and_ratio_threshold_skips_updates(tiny_overri
     trainer = make_trainer([*tiny_overrides, "reward.kind=logit", "reward.clip=0.01", "ppo.ratio_threshold=1.0000001",
                             "ppo.learning_rate=0.05", "ppo.ppo_epochs=2", "ppo.guard.max_consecutive_skips=10"],
                            tmp_path)
-    with caplog.at_level("WARNING", logger="detox.guards"):
+    with caplog.at_level("WARNING", logger="detox.rl.guards"):
         metrics, r = trainer.train_step()
     assert r.scores.abs().max() <= 0.01 and r.scores.abs().max() > 0  # old TRL's score_clip
     # the first update moves the policy by lr 0.05: later mini-batches' ratios leave [1, 1 + 1e-7]

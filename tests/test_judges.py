@@ -4,8 +4,9 @@ import torch
 from conftest import make_cfg
 from tiny_models import save_tiny_classifier
 
-from detox.judges import build_judges
-from detox.schema import ConfigError
+from detox.core.errors import ConfigError
+from detox.models.judges import build_judges as build
+from detox.models.rewards import build_reward
 
 CPU = torch.device("cpu")
 INSULT = "#Person2# calls #Person1# a stupid idiot."
@@ -14,6 +15,10 @@ CLEAN = "#Person1# asks #Person2# to buy a book."
 
 def reward_cfg(path):
     return make_cfg(["reward=tiny", f"reward.name_or_path={path}"]).reward
+
+
+def build_judges(names, settings, device):
+    return build(names, settings, device, build_reward(settings, device))
 
 
 def test_reward_judge_is_the_toxic_labels_probability(tiny):

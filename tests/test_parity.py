@@ -24,7 +24,7 @@ OVERRIDES = ["experiment=quickstart", "logger=none", "eval.enabled=false", "ppo.
 
 
 def first_steps(cfg, n: int) -> list[dict]:
-    from detox.stages import build_ppo
+    from detox.stages.assemble import build_ppo
 
     trainer, _ = build_ppo(cfg)
     rows = []
@@ -55,7 +55,7 @@ def test_first_quickstart_steps_equal_the_recorded_ones(tmp_path):
 if __name__ == "__main__":
     from hydra import compose, initialize_config_module
 
-    from detox.schema import register
+    from detox.config.schema import register
 
     register()
     torch.set_num_threads(1)

@@ -2,14 +2,14 @@ import pytest
 import torch
 from conftest import make_cfg
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import save_tiny_t5
+from tiny_models import save_tiny_t5, teacher_forced
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from detox import ppo
-from detox.hub import LoadError
-from detox.policy import build_policy
-from detox.schema import ConfigError
-from detox.generation import generation_config
+from detox.algo import tokens
+from detox.core.errors import ConfigError
+from detox.core.hub import LoadError
+from detox.models.assembly import build_policy
+from detox.models.generation import generation_config
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,13 @@ def batch(tiny):
               padding=True, return_tensors="pt")
     dec = tok(["calls a stupid idiot", "asks to meet"], padding=True, return_tensors="pt")["input_ids"]
     dec = torch.cat([torch.zeros(2, 1, dtype=torch.long), dec], 1)  # decoder start token first
-    return enc["input_ids"], enc["attention_mask"], dec
+    return teacher_forced(enc["input_ids"], enc["attention_mask"], dec)
 
 
 def logits_of(model, batch):
     with torch.no_grad():
-        return model(input_ids=batch[0], attention_mask=batch[1], decoder_input_ids=batch[2]).logits
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     decoder_input_ids=batch.decoder_input_ids).logits
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +63,11 @@ def test_adapter_schemes_policy_starts_at_start_and_reference_is_right(tiny, sta
                                                                        train, reference):
     policy = policy_for(tiny, f"policy.adapter={start_adapter}", f"lora.train={train}",
                         f"policy.reference={reference}")
-    logits, values = policy(*batch)
-    torch.testing.assert_close(logits, expected["initial"], atol=1e-5, rtol=1e-5)  # policy at step 0
-    assert values.shape == batch[2].shape
-    torch.testing.assert_close(policy.reference_logits(*batch), expected[reference], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(policy(*batch)[0], expected["initial"], atol=1e-5, rtol=1e-5)  # restored
+    out = policy(batch)
+    torch.testing.assert_close(out.logits, expected["initial"], atol=1e-5, rtol=1e-5)  # policy at step 0
+    assert out.values.shape == batch.response_ids.shape
+    torch.testing.assert_close(policy.reference_logits(batch), expected[reference], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(policy(batch).logits, expected["initial"], atol=1e-5, rtol=1e-5)  # restored
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert any("value_head" in n for n in trainable)
     lora = {n for n in trainable if "lora_" in n}
@@ -81,15 +82,15 @@ def test_adapter_schemes_policy_starts_at_start_and_reference_is_right(tiny, sta
 
 def test_no_adapter_reference_is_the_base_model(tiny, batch, expected):
     policy = policy_for(tiny)
-    torch.testing.assert_close(policy.reference_logits(*batch), expected["base"])
-    torch.testing.assert_close(policy(*batch)[0], expected["base"])
+    torch.testing.assert_close(policy.reference_logits(batch), expected["base"])
+    torch.testing.assert_close(policy(batch).logits, expected["base"])
 
 
 def test_full_finetuning_keeps_a_frozen_copy(tiny, batch, expected):
     policy = policy_for(tiny, "lora.enabled=false")
     assert all(p.requires_grad for p in policy.model.parameters())
     assert not any(p.requires_grad for p in policy.reference_model.parameters())
-    torch.testing.assert_close(policy.reference_logits(*batch), expected["base"])
+    torch.testing.assert_close(policy.reference_logits(batch), expected["base"])
 
 
 def test_missing_lora_target_is_a_clear_error(tiny):
@@ -122,15 +123,14 @@ def test_forward_logprobs_match_generate_scores(tiny, batch):
     policy = policy_for(tiny)
     gen_cfg = make_cfg().generation
     torch.manual_seed(0)
-    out = policy.model.generate(input_ids=batch[0], attention_mask=batch[1],
-                                generation_config=generation_config(gen_cfg, policy.config),
+    gen = generation_config(gen_cfg, policy.special_tokens)
+    out = policy.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=gen,
                                 max_new_tokens=12, output_logits=True, return_dict_in_generate=True)
-    seqs = out.sequences
+    generated = policy.family.to_batch(batch.input_ids, batch.attention_mask, out.sequences, gen.eos_token_id)
     raw = torch.stack(out.logits, 1)  # [B, L, V] logits before any processor
-    gen_logprobs = ppo.logprobs_from_logits(raw, seqs[:, 1:])
-    logits, _ = policy(batch[0], batch[1], seqs[:, :-1])
-    fwd_logprobs = ppo.logprobs_from_logits(logits, seqs[:, 1:])
-    mask = ppo.response_mask(seqs[:, 1:], policy.config.eos_token_id).bool()
+    gen_logprobs = tokens.logprobs_from_logits(raw, generated.response_ids)
+    fwd_logprobs = tokens.logprobs_from_logits(policy(generated).logits, generated.response_ids)
+    mask = generated.mask.bool()
     torch.testing.assert_close(fwd_logprobs[mask], gen_logprobs[mask], atol=1e-4, rtol=1e-4)
 
 
@@ -148,13 +148,14 @@ def test_gradient_checkpointing_recomputes_in_backward_with_dropout_off(tiny, ba
     for module in checkpointed.modules():
         if isinstance(module, T5Attention):  # inside the checkpointed blocks (their own hooks stay outside)
             module.register_forward_hook(lambda *args: calls.append(torch.is_grad_enabled()))
-    logits, values = checkpointed(*batch)  # with grad: train mode, checkpointed
+    out = checkpointed(batch)  # with grad: train mode, checkpointed
+    logits, values = out.logits, out.values
     forwards = len(calls)
     (logits.float().logsumexp(-1).mean() + values.mean()).backward()
     assert forwards == 6 and len(calls) == 2 * forwards  # all 6 attentions (2 encoder, 2+2 decoder) ran again
     assert not checkpointed.training and checkpointed.model.training  # train mode, for the checkpointing
     with torch.no_grad():
-        torch.testing.assert_close(plain(*batch)[0], logits.detach(), atol=1e-5, rtol=1e-5)  # dropout off
+        torch.testing.assert_close(plain(batch).logits, logits.detach(), atol=1e-5, rtol=1e-5)  # dropout off
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in checkpointed.named_parameters() if "lora" in n)
 
 
@@ -162,7 +163,7 @@ def test_bf16_full_finetuning_keeps_fp32_weights_and_really_updates(tiny, batch)
     policy = policy_for(tiny, "lora.enabled=false", "policy.dtype=bfloat16")
     params = [p for p in policy.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in params) and policy.compute_dtype == torch.bfloat16
-    logits, _ = policy(*batch)
+    logits = policy(batch).logits
     assert logits.dtype == torch.bfloat16  # the compute is bf16 (autocast)
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -178,32 +179,33 @@ def test_tempered_logprobs_match_generates_processed_scores(tiny, batch):
     policy.temperature = 0.7
     gen_cfg = make_cfg(["generation.temperature=0.7", "generation.min_length=0"]).generation
     torch.manual_seed(0)
-    out = policy.model.generate(input_ids=batch[0], attention_mask=batch[1],
-                                generation_config=generation_config(gen_cfg, policy.config),
+    gen = generation_config(gen_cfg, policy.special_tokens)
+    out = policy.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=gen,
                                 max_new_tokens=12, output_scores=True, return_dict_in_generate=True)
-    seqs = out.sequences
+    generated = policy.family.to_batch(batch.input_ids, batch.attention_mask, out.sequences, gen.eos_token_id)
     processed = torch.stack(out.scores, 1)  # after the temperature warper
-    gen_logprobs = ppo.logprobs_from_logits(processed, seqs[:, 1:])
-    logits, _ = policy(batch[0], batch[1], seqs[:, :-1])
-    fwd_logprobs = ppo.logprobs_from_logits(logits, seqs[:, 1:])
-    mask = ppo.response_mask(seqs[:, 1:], policy.config.eos_token_id).bool()
+    gen_logprobs = tokens.logprobs_from_logits(processed, generated.response_ids)
+    fwd_logprobs = tokens.logprobs_from_logits(policy(generated).logits, generated.response_ids)
+    mask = generated.mask.bool()
     torch.testing.assert_close(fwd_logprobs[mask], gen_logprobs[mask], atol=1e-4, rtol=1e-4)
-    ref = ppo.logprobs_from_logits(policy.reference_logits(batch[0], batch[1], seqs[:, :-1]), seqs[:, 1:])
+    ref = tokens.logprobs_from_logits(policy.reference_logits(generated), generated.response_ids)
     torch.testing.assert_close(ref[mask], fwd_logprobs[mask].detach(), atol=1e-5, rtol=1e-5)  # KL 0 at start
 
 
-def test_decode_keeps_only_the_last_hidden_state_and_reuses_encoder_states(tiny, batch):
+def test_forward_keeps_only_the_last_hidden_state_and_reuses_encoder_states(tiny, batch):
     """What the performance work relies on, bit for bit: the decoder hook gives the same last
     hidden state as `output_hidden_states=True` (which would keep every layer's), and logits
     from `encode`'s states equal those of a forward that runs the encoder itself."""
     policy = policy_for(tiny)
     policy.eval()
     with torch.no_grad():
-        out = policy.model(input_ids=batch[0], attention_mask=batch[1], decoder_input_ids=batch[2],
-                           output_hidden_states=True, use_cache=False)
-        logits, hidden = policy.decode(*batch)
-        reused, _ = policy.decode(*batch, encoder_outputs=policy.encode(batch[0], batch[1]))
-        _, no_hidden = policy.decode(*batch, keep_hidden=False)
-    assert torch.equal(hidden, out.decoder_hidden_states[-1]) and torch.equal(logits, out.logits)
-    assert torch.equal(reused, logits) and no_hidden is None
-    assert torch.equal(policy(*batch)[1], policy.value_head(hidden))
+        out = policy.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           decoder_input_ids=batch.decoder_input_ids, output_hidden_states=True, use_cache=False)
+        full = policy(batch, keep_hidden=True)
+        states = policy.encode(batch.input_ids, batch.attention_mask).last_hidden_state
+        reused = policy(batch, encoder_states=states)
+        bare = policy(batch, with_values=False)
+    assert torch.equal(full.hidden, out.decoder_hidden_states[-1]) and torch.equal(full.logits, out.logits)
+    assert torch.equal(reused.logits, full.logits) and reused.hidden is None
+    assert bare.values is None and bare.hidden is None
+    assert torch.equal(full.values, policy.value_head(full.hidden))

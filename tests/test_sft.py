@@ -9,15 +9,17 @@ import pytest
 import torch
 from conftest import make_cfg
 from detox_cli import run_detox
+from tiny_models import teacher_forced
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
-from detox.checkpoint import CheckpointError
-from detox.data import load_splits
-from detox.eval_metrics import rouge
-from detox.policy import build_policy, load_base_model
-from detox.schema import ConfigError, validate
-from detox.sft import greedy_summaries, load_artifact, run_sft
-from detox.sft_trainer import MetricsFile, encode
+from detox.algo.metrics import rouge
+from detox.config.validate import validate
+from detox.core.errors import ConfigError
+from detox.data.splits import load_splits
+from detox.models.assembly import build_policy, load_base_model
+from detox.runtime.checkpoint import CheckpointError
+from detox.stages.sft import greedy_summaries, load_artifact, run_sft
+from detox.stages.sft_trainer import TrackingCallback, encode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A few seconds on one core: the tiny random T5 learns the tiny data's summary template.
@@ -115,8 +117,8 @@ def test_sft_adapter_is_the_frozen_start_and_reference_of_ppo(lora_run, tiny, ti
     with torch.no_grad():
         sft_logits = sft_model(**inputs).logits
         base_logits = base(**inputs).logits
-        logits, _ = policy(**inputs, with_values=False)
-    ref_logits = policy.reference_logits(**inputs)
+        logits = policy(teacher_forced(**inputs), with_values=False).logits
+    ref_logits = policy.reference_logits(teacher_forced(**inputs))
     assert not torch.allclose(sft_logits, base_logits, atol=1e-3)  # the adapter matters
     torch.testing.assert_close(logits, sft_logits, atol=1e-5, rtol=1e-5)  # PPO starts from the SFT model
     torch.testing.assert_close(ref_logits, sft_logits if reference == "initial" else base_logits, atol=1e-5, rtol=1e-5)
@@ -164,18 +166,18 @@ def test_interrupted_sft_resumes_from_its_trainer_checkpoint(tiny, tmp_path, mon
     out = str(tmp_path / "run")
     cfg = make_cfg(sft_overrides(tiny, "lora.enabled=true", "sft.max_steps=4", "sft.save_steps=2",
                                  "sft.eval_samples=2", "sft.eval_max_new_tokens=4"), output_dir=out)
-    log_step = MetricsFile.on_log
+    log_step = TrackingCallback.on_log
 
     def crash_at_step_3(self, args, state, control, logs=None, **kwargs):
         log_step(self, args, state, control, logs=logs, **kwargs)
         if state.global_step == 3:  # after step 3's row is written, before its checkpoint
             raise KeyboardInterrupt("preempted")
 
-    monkeypatch.setattr(MetricsFile, "on_log", crash_at_step_3)
+    monkeypatch.setattr(TrackingCallback, "on_log", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_sft(cfg)
     assert results(out)["status"] == "failed" and not os.path.exists(os.path.join(out, "final"))
-    monkeypatch.setattr(MetricsFile, "on_log", log_step)
+    monkeypatch.setattr(TrackingCallback, "on_log", log_step)
     run_sft(cfg)
     r = results(out)
     assert r["status"] == "done" and r["train"]["steps"] == 4

@@ -11,17 +11,19 @@ import subprocess
 import sys
 
 import pytest
+from detox_cli import run_detox
 from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from detox_cli import run_detox
 from wandb_offline import read_run, records
 
-from detox.schema import ObjectiveConfig
-from detox.sweep import group_name, objective
-from detox.sweep_jobs import pareto_front
-from detox.sweep_summary import main as summary_main, summarize
+from detox.config.schema import ObjectiveSettings
+from detox.evaluation.objective import objective
+from detox.runtime.hydra_job import group_name
+from detox.sweeps.jobs import pareto_front
+from detox.sweeps.summary import main as summary_main
+from detox.sweeps.summary import write_sweep_summary as summarize
 
 TINY_EVAL = ["eval.num_samples=6", "eval.val_samples=4", "eval.judges=[profanity]", "eval.every_n_steps=0",
              "eval.batch_size=8"]
@@ -51,10 +53,10 @@ def test_objective_rewards_less_toxicity_and_penalises_a_rouge_drop():
     cfg = {"judge": "profanity", "rouge_weight": 2.0}
     assert objective(flat(-0.2, 0.5, 0.45), cfg) == pytest.approx(0.2 - 2 * 0.05)
     assert objective(flat(-0.2, 0.5, 0.6), cfg) == pytest.approx(0.2)  # a ROUGE gain earns nothing
-    assert objective(flat(0.1, 0.5, 0.5), ObjectiveConfig()) == pytest.approx(-0.1)  # more toxic: negative
-    structured = OmegaConf.structured(ObjectiveConfig(judge="reward", rouge_weight=0.5))
+    assert objective(flat(0.1, 0.5, 0.5), ObjectiveSettings()) == pytest.approx(-0.1)  # more toxic: negative
+    structured = OmegaConf.structured(ObjectiveSettings(judge="reward", rouge_weight=0.5))
     assert objective(flat(-0.3, 0.4, 0.2, judge="reward"), structured) == pytest.approx(0.3 - 0.5 * 0.2)
-    assert objective(flat(-0.3, 0.4, 0.2, judge="reward"), ObjectiveConfig()) is None  # no profanity figure
+    assert objective(flat(-0.3, 0.4, 0.2, judge="reward"), ObjectiveSettings()) is None  # no profanity figure
     assert objective(None, cfg) is None and objective({}, cfg) is None
     assert objective(flat(float("nan"), 0.5, 0.5), cfg) is None
 
@@ -333,6 +335,6 @@ def test_summary_of_a_handmade_sweep(handmade_sweep, tmp_path):
 
 def test_summary_errors_say_what_to_pass(tmp_path):
     (tmp_path / "empty").mkdir()
-    out = subprocess.run([sys.executable, "-m", "detox.sweep_summary", str(tmp_path / "empty")], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "detox.sweeps.summary", str(tmp_path / "empty")], capture_output=True, text=True)
     assert out.returncode == 2 and "no job dirs under" in out.stderr and "outputs/multirun" in out.stderr
     assert summary_main([str(tmp_path / "nowhere")]) == 2

@@ -6,28 +6,19 @@ import torch
 from conftest import make_cfg
 from safetensors.torch import load_file
 
-from detox import ppo
-from detox.checkpoint import CheckpointError
-from detox.data import load_splits
-from detox.guards import warn_if_kl_significantly_negative
-from detox.policy import build_policy, load_tokenizer
-from detox.reward import build_reward
-from detox.stages import run_ppo
-from detox.tracking import read_metrics
-from detox.rollout import forward_logprobs
-from detox.trainer import PPOTrainer
-
-CPU = torch.device("cpu")
+from detox.algo import masked
+from detox.rl.guards import warn_if_kl_significantly_negative
+from detox.rl.rollout import forward_logprobs
+from detox.rl.trainer import PPOTrainer
+from detox.runtime.checkpoint import CheckpointError
+from detox.runtime.tracking import read_metrics
+from detox.stages.assemble import assemble, build_trainer
+from detox.stages.ppo import run_ppo
 
 
-def make_trainer(overrides, tmp_path):
+def make_trainer(overrides, tmp_path) -> PPOTrainer:
     cfg = make_cfg(overrides, output_dir=str(tmp_path))
-    torch.manual_seed(cfg.seed)
-    splits = load_splits(cfg.data)
-    policy = build_policy(cfg.policy, cfg.lora)
-    trainer = PPOTrainer(cfg, policy, load_tokenizer(cfg.policy), build_reward(cfg.reward, CPU),
-                         splits["train"], CPU)
-    return trainer
+    return build_trainer(cfg, assemble(cfg, judges=False))
 
 
 def test_first_minibatch_ratio_is_one_and_kl_zero(tiny_overrides, tmp_path):
@@ -36,10 +27,9 @@ def test_first_minibatch_ratio_is_one_and_kl_zero(tiny_overrides, tmp_path):
     r = trainer.rollout(trainer.sampler.next_indices())
     kl = (r.logprobs - r.ref_logprobs) * r.mask
     assert kl.abs().max() < 1e-6
-    batch = r.model_inputs()
     rows = torch.arange(trainer.ppo_cfg.mini_batch_size)
     with torch.no_grad():
-        _, logprobs, _ = forward_logprobs(trainer.policy, batch, rows)
+        _, logprobs = forward_logprobs(trainer.policy, r.batch.rows(rows))
     ratio = torch.exp(logprobs - r.logprobs[rows])[r.mask[rows].bool()]
     assert (ratio - 1).abs().max() < 1e-5
     # and through the full step: the logged ratio, nothing clipped, and the step-1 KL
@@ -55,11 +45,11 @@ def test_rollout_mask_ends_at_the_first_eos_and_respects_caps(tiny_overrides, tm
     eos = trainer.policy.config.eos_token_id
     lengths = r.mask.sum(1).long()
     assert (lengths <= 15).all()  # caps drawn from [8, 16)
-    for row, n in zip(r.response_ids, lengths):
+    for row, n in zip(r.batch.response_ids, lengths):
         eos_positions = (row == eos).nonzero().flatten()
         if len(eos_positions) and eos_positions[0] < n:
             assert eos_positions[0] == n - 1  # EOS is the last response token, inside the mask
-    assert r.mask.shape == r.response_ids.shape == r.logprobs.shape
+    assert r.mask.shape == r.batch.response_ids.shape == r.logprobs.shape
     assert (r.mask[:, :-1] >= r.mask[:, 1:]).all()  # a prefix
 
 
@@ -68,17 +58,16 @@ def test_training_changes_the_policy_but_not_the_reference(tiny_overrides, tmp_p
     policy = trainer.policy
     frozen_before = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
     r = trainer.rollout([0, 1, 2, 3])
-    batch = (r.input_ids, r.attention_mask, r.decoder_input_ids)
-    ref_before = policy.reference_logits(*batch)
+    ref_before = policy.reference_logits(r.batch)
     for _ in range(3):
         trainer.train_step()
     assert trainer.step == 3
     for n, p in policy.named_parameters():
         if n in frozen_before:
             assert torch.equal(p, frozen_before[n]), n
-    torch.testing.assert_close(policy.reference_logits(*batch), ref_before, atol=0, rtol=0)
+    torch.testing.assert_close(policy.reference_logits(r.batch), ref_before, atol=0, rtol=0)
     with torch.no_grad():
-        after = policy(*batch)[0]
+        after = policy(r.batch).logits
     assert (after - ref_before).abs().max() > 1e-3
 
 
@@ -86,8 +75,14 @@ def test_kl_is_added_per_token_and_score_on_last_token(tiny_overrides, tmp_path)
     trainer = make_trainer(tiny_overrides, tmp_path)
     r = trainer.rollout(trainer.sampler.next_indices())
     r.ref_logprobs = r.logprobs - 0.5 * r.mask  # pretend: k1 = 0.5 on every response token
-    adv = trainer.update.advantages(r, trainer.kl_ctl.value)
-    assert adv["kl"].sum(1).tolist() == pytest.approx((0.5 * r.mask.sum(1)).tolist(), abs=1e-5)
+    r.scores = torch.linspace(-1.0, 2.0, len(r.scores))
+    beta = trainer.kl_ctl.value
+    adv = trainer.update.advantages(r, beta)
+    assert adv.kl.sum(1).tolist() == pytest.approx((0.5 * r.mask.sum(1)).tolist(), abs=1e-5)
+    last = r.mask.sum(1).long() - 1
+    expected = -beta * 0.5 * r.mask
+    expected[torch.arange(len(last)), last] += r.scores  # the score on the last response token only
+    torch.testing.assert_close(adv.rewards, expected)
 
 
 def test_resume_continues_exactly_where_it_stopped(tiny_overrides, tmp_path):
@@ -128,12 +123,12 @@ def test_gae_and_whitening_use_only_response_tokens(tiny_overrides, tmp_path):
     r = trainer.rollout(trainer.sampler.next_indices())
     adv = trainer.update.advantages(r, trainer.kl_ctl.value)
     m = r.mask.bool()
-    assert (adv["advantages"][~m] == 0).all()
-    assert abs(float(ppo.masked_mean(adv["advantages"], r.mask))) < 1e-5
+    assert (adv.advantages[~m] == 0).all()
+    assert abs(float(masked.masked_mean(adv.advantages, r.mask))) < 1e-5
 
 
 def test_negative_kl_warns_only_when_significant(caplog):
-    with caplog.at_level("WARNING", logger="detox.guards"):
+    with caplog.at_level("WARNING", logger="detox.rl.guards"):
         warn_if_kl_significantly_negative(torch.tensor([-0.1, 0.2, -0.3, 0.1, 0.05, -0.02]), 1)  # noise around 0
         assert not caplog.records
         warn_if_kl_significantly_negative(torch.tensor([-2.0, -2.2, -1.9, -2.1, -2.05, -1.95]), 1)
@@ -196,7 +191,7 @@ def test_rloo_runs_without_a_value_head_and_resumes_exactly(tiny_overrides, tmp_
     trained, not saved, no value metrics), the group metrics, and an exact resume."""
     base = [*tiny_overrides, "ppo=rloo", "eval.enabled=false", "ppo.save_every=1"]
     cfg = make_cfg([*base, "ppo.steps=1"], output_dir=str(tmp_path / "probe"))
-    from detox.stages import build_ppo
+    from detox.stages.assemble import build_ppo
 
     trainer, _ = build_ppo(cfg)
     assert trainer.policy.value_head is None and len(trainer.optimizer.param_groups) == 1
@@ -209,7 +204,7 @@ def test_rloo_runs_without_a_value_head_and_resumes_exactly(tiny_overrides, tmp_
     assert encoded_rows[0] == 2  # generation encodes each of the 2 prompts once, not 4 times
     assert r.values is None and r.groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     for g in range(2):  # the 4 samples of a prompt share its encoder input and its id
-        rows = r.input_ids[4 * g: 4 * g + 4]
+        rows = r.batch.input_ids[4 * g: 4 * g + 4]
         assert (rows == rows[0]).all() and len(set(map(str, r.ids[4 * g: 4 * g + 4]))) == 1
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -229,7 +224,8 @@ def test_rloo_runs_without_a_value_head_and_resumes_exactly(tiny_overrides, tmp_
 
 
 def test_group_estimators_need_several_samples_per_prompt(tiny_overrides):
-    from detox.schema import ConfigError, validate
+    from detox.config.validate import validate
+    from detox.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ppo.samples_per_prompt >= 2"):
         validate(make_cfg([*tiny_overrides, "ppo.advantage=rloo"]))
@@ -239,7 +235,7 @@ def test_group_estimators_need_several_samples_per_prompt(tiny_overrides):
 
 @pytest.mark.parametrize("preset,extra", [("grpo", []), ("default", ["ppo.advantage=reinforce_pp"])])
 def test_grpo_and_reinforce_pp_steps_train_without_a_value_head(preset, extra, tiny_overrides, tmp_path):
-    from detox.stages import build_ppo
+    from detox.stages.assemble import build_ppo
 
     trainer, _ = build_ppo(make_cfg([*tiny_overrides, f"ppo={preset}", *extra, "eval.enabled=false"],
                                     output_dir=str(tmp_path)))
@@ -254,7 +250,7 @@ def test_grpo_and_reinforce_pp_steps_train_without_a_value_head(preset, extra, t
 def test_an_rloo_update_makes_better_than_average_responses_more_likely(tiny_overrides, tmp_path):
     """The policy-gradient direction, end to end: after one ppo=rloo optimisation, the responses
     with a positive leave-one-out advantage gained log-probability relative to the others."""
-    from detox.stages import build_ppo
+    from detox.stages.assemble import build_ppo
 
     trainer, _ = build_ppo(make_cfg([*tiny_overrides, "ppo=rloo", "eval.enabled=false", "ppo.ppo_epochs=4",
                                      "ppo.learning_rate=1e-3"], output_dir=str(tmp_path)))
@@ -262,8 +258,8 @@ def test_an_rloo_update_makes_better_than_average_responses_more_likely(tiny_ove
     adv = trainer.update.advantages(r, trainer.kl_ctl.value)
     trainer.update.optimise(r, adv, step=0)
     with torch.no_grad():
-        _, logprobs, _ = forward_logprobs(trainer.policy, r.model_inputs(), torch.arange(len(r.prompts)))
+        _, logprobs = forward_logprobs(trainer.policy, r.batch)
     gained = ((logprobs - r.logprobs) * r.mask).sum(1)
-    per_response = adv["raw_advantages"][:, 0]
+    per_response = adv.raw[:, 0]
     assert per_response.abs().sum() > 0
     assert float((per_response * gained).sum()) > 0, (per_response, gained)

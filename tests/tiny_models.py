@@ -7,8 +7,17 @@ import json
 import os
 
 import torch
-from transformers import (RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast,
-                          T5Config, T5ForConditionalGeneration, T5Tokenizer)
+from transformers import (
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    RobertaTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5Tokenizer,
+)
 
 WORDS = ("the a and to of is you are it that summary conversation following person dialogue "
          "idiot stupid nice thanks please buy sell car book dinner work meet tomorrow calls asks "
@@ -93,3 +102,128 @@ def tiny_assets(root: str) -> dict[str, str]:
         "reward": save_tiny_classifier(os.path.join(root, "clf"), {0: "nothate", 1: "hate"}),
         "data": write_dialogues(os.path.join(root, "dialogues.jsonl")),
     }
+
+
+class LengthScore:
+    """A reward component for tests: the number of words of each response; keeps the node it
+    was built from."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __call__(self, prompts, responses, **columns):
+        return torch.tensor([float(len(r.split())) for r in responses])
+
+
+def teacher_forced(input_ids, attention_mask, decoder_input_ids):
+    """A `Seq2SeqBatch` that feeds `decoder_input_ids` to the decoder (as a rollout's does), for
+    tests that compare logits position by position; its response tokens are the inputs shifted left."""
+    from detox.models.families import Seq2SeqBatch
+
+    response_ids = torch.cat([decoder_input_ids[:, 1:], decoder_input_ids[:, :1]], 1)
+    return Seq2SeqBatch(input_ids, attention_mask, decoder_input_ids, response_ids,
+                        torch.ones(decoder_input_ids.shape, dtype=torch.float32))
+
+
+class NaNClassifier:
+    """The shipped classifier reward component, returning NaN for the calls numbered in `bad`
+    (1-based; set by the test): `reward._target_=tiny_models.NaNClassifier`."""
+
+    bad: set = set()
+
+    def __init__(self, **node):
+        from detox.models.rewards import Classifier
+
+        self.classifier, self.calls = Classifier(**node), 0
+        self.id2label, self.label = self.classifier.id2label, self.classifier.label
+
+    def __call__(self, prompts, responses, **columns):
+        self.calls += 1
+        scores = self.classifier(prompts, responses)
+        return torch.full_like(scores, float("nan")) if self.calls in self.bad else scores
+
+    def probs(self, texts):
+        return self.classifier.probs(texts)
+
+
+class ListTracker:
+    """A tracker added by a test from its own yaml: keeps what it is told in a JSON file."""
+
+    def __init__(self, run_dir, config, start_step=0, path="list_tracker.json", label="x"):
+        self.path, self.seen = os.path.join(run_dir, path), {"label": label, "config": config, "steps": [],
+                                                             "summary": {}, "tables": [], "finished": None}
+
+    def log(self, metrics, step):
+        self.seen["steps"].append({"step": step, **metrics})
+
+    def log_table(self, key, rows, step):
+        self.seen["tables"].append(key)
+
+    def summary(self, values):
+        self.seen["summary"].update(values)
+
+    def finish(self, exit_code=0, preempted=False):
+        self.seen["finished"] = exit_code
+        with open(self.path, "w") as f:
+            json.dump(self.seen, f)
+
+
+class NeedsMissingPackage:
+    """A tracker whose package is not installed."""
+
+    def __init__(self, run_dir, config, start_step=0):
+        import detox_no_such_package  # noqa: F401
+
+
+# ------------------------------------------------------------------------------ a family detox does not know
+class TowerConfig(PretrainedConfig):
+    """An encoder-decoder whose sizes and special tokens live in a nested `text` config (as
+    T5Gemma's live under `encoder` / `decoder`): the generic family adapter cannot read them."""
+
+    model_type = "detox_test_tower"
+
+    def __init__(self, text: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.text = text or {}
+        self.is_encoder_decoder = True
+
+
+class TowerForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    """A T5 inside a wrapper: encoder, decoder and generation are the inner model's."""
+
+    config_class = TowerConfig
+    base_model_prefix = "tower"
+
+    def __init__(self, config: TowerConfig):
+        super().__init__(config)
+        self.tower = T5ForConditionalGeneration(T5Config(**config.text))
+        self.post_init()
+
+    def get_encoder(self):
+        return self.tower.get_encoder()
+
+    def get_decoder(self):
+        return self.tower.get_decoder()
+
+    def forward(self, **inputs):
+        return self.tower(**inputs)
+
+    def generate(self, *args, **kwargs):
+        return self.tower.generate(*args, **kwargs)
+
+
+def save_tiny_tower(path: str, seed: int = 0) -> str:
+    """A tiny random tower model and its tokenizer, loadable by AutoModelForSeq2SeqLM in this process."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if TowerConfig.model_type not in CONFIG_MAPPING:
+        AutoConfig.register("detox_test_tower", TowerConfig)
+        AutoModelForSeq2SeqLM.register(TowerConfig, TowerForConditionalGeneration)
+    tok = t5_tokenizer()
+    torch.manual_seed(seed)
+    text = dict(vocab_size=len(tok), d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16,
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1)
+    TowerForConditionalGeneration(TowerConfig(text=text)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

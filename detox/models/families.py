@@ -1,0 +1,192 @@
+"""Model families: how detox calls one encoder-decoder family, in one place.
+
+Everything that runs a seq2seq model (the policy, decoding, evaluation, SFT's summaries,
+detox-generate) reaches it through its family adapter: the hidden size and special tokens
+from the model's config, the encoder pass, the decoder's forward with the value head's input
+(its last hidden state), which generated tokens are the response, and the family's auxiliary
+loss. Outside this module nothing touches decoder inputs or encoder states: they travel inside
+a `Seq2SeqBatch`.
+
+A family is a `Seq2SeqFamily` subclass registered with `@register_family(<model_type>, ...)`
+(`config.model_type`). `family_of(config)` returns the registered adapter, else the generic one,
+which fits any encoder-decoder LM whose config and model look like T5's or BART's
+(`d_model` / `hidden_size`, `get_encoder()` / `get_decoder()`); anything else is refused with
+one line before weights load. Adding a family is one subclass here (or none) and a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers import AutoModelForSeq2SeqLM
+from transformers.modeling_outputs import BaseModelOutput
+
+from detox.algo.tokens import response_mask
+from detox.core.errors import LoadError
+from detox.core.hub import model_kind
+
+
+@dataclass
+class Seq2SeqBatch:
+    """Prompts and sampled responses of B rows, as their family feeds them to the model.
+
+    input_ids, attention_mask: [B, S] the encoder's prompt tokens.
+    decoder_input_ids: [B, T'] what the decoder reads (T' >= T: the family's start tokens
+        and the response but its last token); only the family interprets it.
+    response_ids: [B, T] the sampled tokens; the model's logits at response position t score
+        response_ids[:, t] (`Seq2SeqFamily.forward` aligns them).
+    mask: [B, T] float, 1 on response tokens: up to and including the first EOS, within each
+        row's cap (`detox.algo.tokens.response_mask`).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    decoder_input_ids: torch.Tensor
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def rows(self, index: torch.Tensor | slice) -> "Seq2SeqBatch":
+        return Seq2SeqBatch(self.input_ids[index], self.attention_mask[index], self.decoder_input_ids[index],
+                            self.response_ids[index], self.mask[index])
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad: int
+    eos: int | list[int]
+    decoder_start: int
+
+
+@dataclass
+class FamilyOutput:
+    """One forward pass, aligned with the batch's response tokens: logits [B, T, V], the
+    decoder's last hidden state [B, T, H] (None unless asked for), and the family's
+    auxiliary loss (0-dim; None for families without one)."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+class Seq2SeqFamily:
+    """The generic encoder-decoder adapter (T5, mT5, BART, Pegasus, Marian, ...). Subclasses
+    override what their family does differently."""
+
+    name = "encoder-decoder"
+    auto_class = AutoModelForSeq2SeqLM  # what loads a checkpoint of the family
+    # Tokens `generate` puts before the first sampled one (the decoder start token).
+    prefix_length = 1
+
+    # ------------------------------------------------------------------ the config
+    def check(self, config) -> None:
+        """Refuse, before weights load, a model this adapter cannot run: LoadError whose message
+        reads after the model's name ("<name> is a ...")."""
+        if not getattr(config, "is_encoder_decoder", False):
+            raise LoadError(f"is a {model_kind(config)}, not an encoder-decoder (seq2seq) language model; detox "
+                            "trains seq2seq summarizers such as T5 / FLAN-T5 or BART.")
+        self.hidden_size(config)
+        self.special_tokens(config)
+
+    def hidden_size(self, config) -> int:
+        """The width of the decoder's last hidden state (the value head's input)."""
+        for name in ("d_model", "hidden_size"):
+            if isinstance(getattr(config, name, None), int):
+                return getattr(config, name)
+        raise LoadError(f"is a {config.model_type!r} model, whose config names no d_model or hidden_size (the "
+                        "value head's input width): it needs a family adapter (detox/models/families.py).")
+
+    def special_tokens(self, config) -> SpecialTokens:
+        values = {k: getattr(config, f"{k}_token_id", None) for k in ("pad", "eos", "decoder_start")}
+        missing = [f"{k}_token_id" for k, v in values.items() if v is None]
+        if missing:
+            raise LoadError(f"is a {config.model_type!r} model, whose config names no {', '.join(missing)}: it "
+                            "needs a family adapter (detox/models/families.py).")
+        return SpecialTokens(**values)
+
+    # ------------------------------------------------------------------ the model
+    def encode(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The encoder's outputs, as `generate` computes them (a `BaseModelOutput`)."""
+        return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+
+    def encoder_outputs(self, states: torch.Tensor):
+        """Encoder states [B, S, H] (from `encode`) in the form `forward` and `generate` take."""
+        return BaseModelOutput(last_hidden_state=states)
+
+    def decoder(self, model: nn.Module) -> nn.Module:
+        """The module whose output's first element is the decoder's last hidden state."""
+        return model.get_decoder()
+
+    def forward(self, model: nn.Module, batch: Seq2SeqBatch, *, encoder_outputs=None, keep_hidden: bool = False,
+                call: Callable | None = None) -> FamilyOutput:
+        """Logits [B, T, V] of every response position (and the decoder's last hidden state,
+        kept by a hook on `decoder(model)`: `output_hidden_states` would hold every layer's).
+        `encoder_outputs` (from `encode`, rows matching) skips the encoder; `call`: what runs
+        the model instead of `model(...)` (a compiled call)."""
+        hidden: list[torch.Tensor] = []
+        hook = self.decoder(model).register_forward_hook(
+            lambda module, args, out: hidden.append(out[0])) if keep_hidden else None
+        try:
+            out = (call or model)(input_ids=None if encoder_outputs is not None else batch.input_ids,
+                        attention_mask=batch.attention_mask, encoder_outputs=encoder_outputs,
+                        decoder_input_ids=batch.decoder_input_ids, use_cache=False)
+        finally:
+            if hook is not None:
+                hook.remove()
+        skip = self.prefix_length - 1  # logits of forced tokens are not the policy's choices
+        return FamilyOutput(logits=out.logits[:, skip:], hidden=hidden[-1][:, skip:] if keep_hidden else None,
+                            aux_loss=self.aux_loss(out))
+
+    def aux_loss(self, output: Any) -> torch.Tensor | None:
+        """The family's auxiliary training loss (a mixture of experts' router loss); None."""
+        return None
+
+    # ------------------------------------------------------------------ generated sequences
+    def to_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, sequences: torch.Tensor,
+              eos: int | list[int], caps: torch.Tensor | None = None, trim: bool = False) -> Seq2SeqBatch:
+        """A `Seq2SeqBatch` from `generate`'s sequences [B, prefix + L]: the response is what
+        follows the prefix, masked up to and including the first EOS and within `caps` [B].
+        trim: cut the columns after the longest response (else all L are kept)."""
+        response_ids = sequences[:, self.prefix_length:]
+        mask = response_mask(response_ids, eos, caps)
+        width = int(mask.sum(1).max()) if trim else response_ids.shape[1]
+        decoder_input_ids = sequences[:, : self.prefix_length - 1 + width]
+        return Seq2SeqBatch(input_ids, attention_mask, decoder_input_ids, response_ids[:, :width], mask[:, :width])
+
+
+FAMILIES: dict[str, Seq2SeqFamily] = {}
+GENERIC = Seq2SeqFamily()
+
+
+def register_family(*model_types: str):
+    """Class decorator: the adapter for models whose `config.model_type` is one of `model_types`."""
+
+    def register(cls: type[Seq2SeqFamily]) -> type[Seq2SeqFamily]:
+        for model_type in model_types:
+            if model_type in FAMILIES:
+                raise ValueError(f"model type {model_type!r} already has a family adapter")
+            FAMILIES[model_type] = cls()
+        return cls
+
+    return register
+
+
+def family_of(config, subject: str = "the model") -> Seq2SeqFamily:
+    """The adapter for a model of this config: its registered family, else the generic one;
+    LoadError (one line, about `subject`) when neither can run it."""
+    family = FAMILIES.get(getattr(config, "model_type", None), GENERIC)
+    try:
+        family.check(config)
+    except LoadError as e:
+        raise LoadError(f"{subject} {e}") from None
+    return family
+
+
+def family_of_model(model: nn.Module) -> Seq2SeqFamily:
+    """The adapter of a loaded model: a `Policy`'s own, else by its config."""
+    return getattr(model, "family", None) or family_of(model.config)

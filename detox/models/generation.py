@@ -1,0 +1,88 @@
+"""Decoding shared by the PPO rollout, evaluation, SFT and detox-generate: sampling settings
+from config, batched `generate`, and the responses as `Seq2SeqBatch`es (their family says which
+generated tokens are the response; see docs/design.md, "Conventions").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from transformers import GenerationConfig
+
+from detox.models.families import Seq2SeqBatch, SpecialTokens, family_of_model
+
+
+def generation_config(settings: DictConfig, tokens: SpecialTokens, greedy: bool = False) -> GenerationConfig:
+    """Decoding settings from config alone (`generation.*`): a checkpoint's own
+    generation_config (beams, repetition penalties, ...) must not change the sampling
+    distribution PPO assumes. greedy: the same settings with sampling off (evaluation's
+    `greedy`, SFT's ROUGE, detox-generate's default)."""
+    config = GenerationConfig(
+        do_sample=settings.do_sample, top_k=settings.top_k, top_p=settings.top_p, temperature=settings.temperature,
+        min_length=settings.min_length, num_beams=1,
+        pad_token_id=tokens.pad, eos_token_id=tokens.eos, decoder_start_token_id=tokens.decoder_start,
+    )
+    if settings.get("cache_implementation") not in (None, "dynamic"):
+        config.cache_implementation = str(settings.cache_implementation)
+    if greedy:
+        config.do_sample, config.top_k, config.top_p, config.temperature = False, None, None, None
+    return config
+
+
+def model_generation_config(settings: DictConfig, model, greedy: bool = False) -> GenerationConfig:
+    """`generation_config` for a loaded model (a `Policy` or a transformers model)."""
+    return generation_config(settings, family_of_model(model).special_tokens(model.config), greedy)
+
+
+def decode_responses(tokenizer, batch: Seq2SeqBatch) -> tuple[list[str], list[int]]:
+    """Texts of the masked response tokens, and their lengths in tokens (EOS included)."""
+    lengths = batch.mask.sum(1).long().tolist()
+    texts = tokenizer.batch_decode([r[:n] for r, n in zip(batch.response_ids.tolist(), lengths)],
+                                   skip_special_tokens=True)
+    return texts, lengths
+
+
+def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationConfig, batch_size: int,
+                     max_input_tokens: int, max_new_tokens: int, device: torch.device) -> Iterator[Seq2SeqBatch]:
+    """`model.generate` over `prompts` in batches of `batch_size` (evaluation, SFT's ROUGE,
+    detox-generate); `model` is a transformers model or a `Policy` (which generates in its
+    compute dtype). Yields each batch's `Seq2SeqBatch` (every generated column kept)."""
+    family = family_of_model(model)
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True,
+                        max_length=max_input_tokens, return_tensors="pt").to(device)
+        sequences = model.generate(**enc, generation_config=gen, max_new_tokens=max_new_tokens)
+        yield family.to_batch(enc["input_ids"], enc["attention_mask"], sequences, gen.eos_token_id)
+
+
+@torch.no_grad()
+def sample_capped(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: GenerationConfig,
+                  caps: np.ndarray, chunk: int | None) -> tuple[Seq2SeqBatch, torch.Tensor]:
+    """The rollout's sampling: responses to B prompts, each cut at its own cap (`caps` [B]), in
+    chunks of `chunk` rows (None: all at once), each chunk up to its largest cap; the batch is
+    trimmed after its longest response. Also returns the encoder's last hidden states [B, S, H],
+    computed once per distinct prompt of a chunk by `Policy.encode` and handed to `generate`
+    (which then skips its own, identical, encoder pass), for the rollout's policy forward."""
+    chunk = chunk or len(input_ids)
+    pieces, states = [], []
+    for i in range(0, len(input_ids), chunk):
+        rows = slice(i, i + chunk)
+        # A prompt sampled k times (ppo.samples_per_prompt) is encoded once.
+        unique, inverse = torch.unique(input_ids[rows], dim=0, return_inverse=True)
+        first = torch.zeros(len(unique), dtype=torch.long, device=inverse.device).scatter_(
+            0, inverse, torch.arange(len(inverse), device=inverse.device))
+        encoded = policy.encode(unique, attention_mask[rows][first])
+        encoded.last_hidden_state = encoded.last_hidden_state[inverse]
+        states.append(encoded.last_hidden_state)
+        pieces.append(policy.generate(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                                      generation_config=gen, max_new_tokens=int(caps[rows].max()),
+                                      encoder_outputs=encoded))
+    width = max(p.shape[1] for p in pieces)
+    sequences = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=gen.pad_token_id)
+                           for p in pieces])
+    caps_t = torch.as_tensor(caps, device=sequences.device)
+    batch = policy.family.to_batch(input_ids, attention_mask, sequences, gen.eos_token_id, caps_t, trim=True)
+    return batch, torch.cat(states)

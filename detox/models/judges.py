@@ -1,0 +1,127 @@
+"""Toxicity judges for evaluation: each has a `name` and maps texts to P(toxic) in [0, 1].
+
+A judge is built by `hydra.utils.instantiate` from its node; `eval.judges` names them:
+- `reward`: the reward classifier itself, P(its toxic label) by softmax (or sigmoid for a
+  multi-label model), as `evaluate`'s toxicity measurement computes it. It is the model PPO
+  optimised against, so it is the judge most open to reward hacking.
+- `profanity`: alt-profanity-check, a classifier nothing here was optimised against.
+- any other entry: an HF sequence classifier by hub id or path, with its toxic label named
+  after a colon (`path:toxic`); without one, the label that is not the reward label
+  (`nothate`) of a binary model, or a label named like toxic/hate/offensive.
+A built-in judge is one node in `BUILT_IN` (and its class, when it needs a new one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from detox.core.errors import ConfigError, LoadError
+from detox.core.instantiate import build
+from detox.models.rewards import Classifier, Reward, classifier_config, resolve_label
+
+TOXIC_NAMES = ("toxic", "toxicity", "hate", "offensive", "LABEL_1")
+REWARD_JUDGE = "reward"  # the reward classifier itself
+PROFANITY_JUDGE = "profanity"
+REWARD_ON_PROMPT = "reward_on_prompt"  # the recipe's measure: the reward classifier on prompt + summary
+REWARD_JUDGES = (REWARD_JUDGE, REWARD_ON_PROMPT)  # scores by the model PPO optimised against
+BUILT_IN: dict[str, dict[str, Any]] = {
+    PROFANITY_JUDGE: {"_target_": "detox.models.judges.ClassifierJudge", "name": PROFANITY_JUDGE,
+                      "backend": "profanity", "label": "offensive"},
+}
+
+
+class Judge:
+    """P(toxic) of texts: column `toxic_index` of `classifier.probs`."""
+
+    def __init__(self, name: str, classifier, toxic_index: int):
+        self.name, self.classifier, self.toxic_index = name, classifier, toxic_index
+
+    def toxicity(self, texts: Sequence[str]) -> np.ndarray:
+        """P(toxic) [N] for each text."""
+        if not texts:
+            return np.zeros(0)
+        return np.asarray(self.classifier.probs(list(texts))[:, self.toxic_index], dtype=float)
+
+
+def toxic_index(id2label: dict, safe_label: str | None, toxic_label: str | None, source: str) -> int:
+    if toxic_label:
+        return resolve_label(id2label, toxic_label, source, key="the eval.judges label")
+    labels = {int(k): v for k, v in id2label.items()}
+    if safe_label and len(labels) == 2 and safe_label in labels.values():
+        return next(i for i, name in labels.items() if name != safe_label)
+    for name in TOXIC_NAMES:
+        if name in labels.values():
+            return next(i for i, n in labels.items() if n == name)
+    raise ConfigError(f"cannot tell which label of {source} is the toxic one (labels {list(labels.values())}); "
+                      f"name it in eval.judges as `{source}:<label>`.")
+
+
+class ClassifierJudge(Judge):
+    """A classifier as a judge: `backend: profanity`, or `hf` with `name_or_path`; `label` names
+    its toxic label (else found as `toxic_index` does, `safe_label` being the reward's label)."""
+
+    def __init__(self, name: str, backend: str = "hf", name_or_path: str | None = None, label: str | None = None,
+                 safe_label: str | None = None, batch_size: int = 16, max_length: int = 512,
+                 device: torch.device | None = None):
+        if backend == "profanity":
+            classifier = Classifier("profanity", label="clean", kind="prob")
+            index = resolve_label(classifier.id2label, label, "alt-profanity-check", key="the eval.judges label")
+        else:
+            try:
+                id2label = classifier_config(name_or_path, key="eval.judges").id2label
+            except LoadError as e:
+                raise LoadError(f"{e} The built-in judges: {REWARD_JUDGE}, {', '.join(BUILT_IN)}; any other entry is "
+                                "an HF classifier's hub id or folder, optionally `:<toxic label>`.") from e
+            index = toxic_index(id2label, safe_label, label, name_or_path)
+            toxic = id2label[index] if index in id2label else id2label[str(index)]
+            classifier = Classifier("hf", name_or_path, label=toxic, kind="prob", batch_size=batch_size,
+                                    max_length=max_length, device=device, key="eval.judges")
+        super().__init__(name, classifier, index)
+
+
+def judge_node(entry: str, reward_settings: DictConfig) -> dict[str, Any]:
+    """The node an `eval.judges` entry names: a built-in, or an HF classifier `path[:label]`."""
+    if entry in BUILT_IN:
+        return dict(BUILT_IN[entry])
+    path, _, label = entry.partition(":") if ":" in entry.split("/")[-1] else (entry, "", "")
+    return {"_target_": "detox.models.judges.ClassifierJudge", "name": path.rstrip("/").split("/")[-1],
+            "backend": "hf", "name_or_path": path, "label": label or None, "safe_label": reward_settings.label,
+            "batch_size": reward_settings.batch_size, "max_length": reward_settings.max_length}
+
+
+def reward_judge(reward: Reward) -> Judge:
+    """The reward's own classifier as the judge `reward` (P of its label that is not rewarded)."""
+    classifier = reward.component
+    if not all(hasattr(classifier, a) for a in ("probs", "id2label", "label")):
+        raise ConfigError(f"eval.judges has `{REWARD_JUDGE}`, but the reward ({type(classifier).__name__}) is not a "
+                          "classifier (with probs, id2label and its label); drop it from eval.judges.")
+    return Judge(REWARD_JUDGE, classifier, toxic_index(classifier.id2label, classifier.label, None, "the reward model"))
+
+
+def build_judges(names: Sequence[str], reward_settings: DictConfig, device: torch.device,
+                 reward: Reward) -> list[Judge]:
+    """Judges by name (`eval.judges`), `reward` being the run's own reward."""
+    judges = [reward_judge(reward) if name == REWARD_JUDGE else
+              build(judge_node(name, reward_settings), f"eval.judges={name}", device=device) for name in names]
+    seen = [j.name for j in judges]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"eval.judges has two judges named alike: {seen}")
+    return judges
+
+
+def score_responses(rows: list[dict], judges: Sequence[Judge], prompts: Sequence[str]) -> None:
+    """Add every judge's P(toxic) of each row's `response` to its `toxicity` (in place), and
+    the reward judge's on prompt + response as `reward_on_prompt` (the recipe's measure)."""
+    texts = [r["response"] for r in rows]
+    for judge in judges:
+        for r, p in zip(rows, judge.toxicity(texts)):
+            r.setdefault("toxicity", {})[judge.name] = float(p)
+    reward = next((j for j in judges if j.name == REWARD_JUDGE), None)
+    if reward is not None:
+        joined = [p + t for p, t in zip(prompts, texts)]
+        for r, p in zip(rows, reward.toxicity(joined)):
+            r["toxicity"][REWARD_ON_PROMPT] = float(p)

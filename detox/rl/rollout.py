@@ -1,0 +1,111 @@
+"""One batch of rollouts: prompts -> sampled responses -> rewards -> per-token log-probs of the
+policy and the reference, values and entropy (no grad, dropout off).
+
+Conventions (response mask, alignment of log-probs and values) are in docs/design.md; which
+generated tokens are the response is the model family's (`Seq2SeqBatch`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import GenerationConfig
+
+from detox.algo.tokens import logprobs_from_logits, token_entropy
+from detox.models.families import Seq2SeqBatch
+from detox.models.generation import decode_responses, sample_capped
+from detox.models.policy import Policy, PolicyOutput
+from detox.models.rewards import Reward
+
+
+@dataclass
+class Rollout:
+    """One batch of B prompts and their sampled responses (T = longest response)."""
+
+    batch: Seq2SeqBatch  # the model inputs and the response tokens, with their mask [B, T]
+    scores: torch.Tensor  # [B] the reward (clipped when reward.clip is set)
+    logprobs: torch.Tensor  # [B, T] policy at rollout time
+    ref_logprobs: torch.Tensor  # [B, T]
+    values: torch.Tensor | None  # [B, T]; None without a value head (critic-free estimators)
+    entropy: torch.Tensor  # [B, T]
+    prompts: list[str]
+    responses: list[str]
+    ids: list
+    rank: int | None = None  # the sampling process, in a data-parallel run
+    groups: torch.Tensor | None = None  # [B] long: the prompt each response answers (k responses each)
+    # [B, T, H] the decoder's last hidden state at rollout time (kept for value warm-up steps,
+    # where the policy does not move and only the value head trains on it)
+    hidden: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.mask
+
+    @property
+    def kl_per_seq(self) -> torch.Tensor:
+        """[B] k1 summed over each response: the unit of `objective/kl`."""
+        return ((self.logprobs - self.ref_logprobs) * self.mask).sum(1)
+
+    def rows(self, step: int) -> list[dict]:
+        """`rollouts.jsonl` rows: every response with its score, KL and length."""
+        k1 = self.kl_per_seq.tolist()
+        lengths = self.mask.sum(1).long().tolist()
+        rank = {} if self.rank is None else {"rank": self.rank}
+        return [{"step": step, "id": self.ids[i], "response": self.responses[i], "score": float(self.scores[i]),
+                 "kl": k1[i], "length": lengths[i], **rank} for i in range(len(self.responses))]
+
+
+def row_chunks(n: int, size: int, device: torch.device) -> list[torch.Tensor]:
+    """Row indices 0..n-1 in chunks of `size`."""
+    return [torch.arange(i, min(i + size, n), device=device) for i in range(0, n, size)]
+
+
+def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = False) -> tuple[PolicyOutput,
+                                                                                                 torch.Tensor]:
+    """The policy's forward pass of `batch` and the per-token log-probs [b, T] of its responses."""
+    out = policy(batch, detach_values=detach_values)
+    return out, logprobs_from_logits(out.logits, batch.response_ids)
+
+
+@torch.no_grad()
+def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str], ids: list, caps: np.ndarray, *,
+                    gen_config: GenerationConfig, max_input_tokens: int, generate_chunk: int | None,
+                    forward_chunk: int, device: torch.device, timings: dict[str, float],
+                    keep_hidden: bool = False) -> Rollout:
+    """Sample one response per prompt (each cut at its own length cap), score it, and take the
+    per-token statistics PPO needs, `forward_chunk` rows per forward pass. The policy's forward
+    reuses the encoder states of the sampling; the reference runs its own encoder (the adapter
+    acts on it too). keep_hidden: keep the decoder's last hidden state (`Rollout.hidden`).
+    Phase times go to `timings` (`perf/..._s`)."""
+    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_input_tokens,
+                    return_tensors="pt").to(device)
+    t0 = time.perf_counter()
+    batch, encoder_states = sample_capped(policy, enc["input_ids"], enc["attention_mask"], gen_config, caps,
+                                          generate_chunk)
+    timings["perf/generate_s"] = time.perf_counter() - t0
+    responses, _ = decode_responses(tokenizer, batch)
+    t0 = time.perf_counter()
+    scores = reward.score(prompts, responses)
+    timings["perf/reward_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "entropy", "hidden")}
+    for rows in row_chunks(len(prompts), forward_chunk, device):
+        part = batch.rows(rows)
+        step = policy(part, encoder_states=encoder_states[rows], keep_hidden=keep_hidden)
+        out["logprobs"].append(logprobs_from_logits(step.logits, part.response_ids))
+        out["entropy"].append(token_entropy(step.logits))
+        if step.values is not None:
+            out["values"].append(step.values)
+        if keep_hidden:
+            out["hidden"].append(step.hidden)
+        del step
+        ref_logits = policy.reference_logits(part)
+        out["ref_logprobs"].append(logprobs_from_logits(ref_logits, part.response_ids))
+        del ref_logits
+    stats = {k: torch.cat(v) if v else None for k, v in out.items()}
+    timings["perf/forward_s"] = time.perf_counter() - t0
+    return Rollout(batch=batch, scores=scores.to(device), prompts=prompts, responses=responses, ids=ids, **stats)
