@@ -48,7 +48,6 @@ _COMPOSED = False  # set once Hydra composed the config and starts the run or th
 
 @hydra.main(version_base="1.3", config_path="pkg://detox.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    quiet_libraries()  # here, not at import: `detox --help` answers without importing datasets and transformers
     if launched_world_size() > 1 and _in_multirun():
         # Every process would run the whole sweep, and their jobs would not line up.
         log.error("ConfigError: `-m` (multirun) under a data-parallel launcher (WORLD_SIZE=%d) is not "
@@ -57,8 +56,9 @@ def app(cfg: DictConfig) -> float | None:
         sys.exit(2)
     try:
         validate(cfg)  # a config error answers before the model libraries load (seconds)
-        # Imported here, not above: `detox --help` and `--cfg job` then answer without loading the
-        # model libraries the stages need.
+        quiet_libraries()
+        # Imported here, not above: `detox --help`, `--cfg job` and a config error then answer
+        # without loading the model libraries the stages need (transformers, peft, datasets).
         from detox.stages.dispatch import run_stage
 
         return run_stage(cfg, validated=True)

@@ -241,9 +241,14 @@ def test_sweep_summary_reads_wrong_shapes_as_failed_jobs(tmp_path):
     (tmp_path / "1" / "results.json").write_text(json.dumps({"status": "running", "overrides": "lora.r=8"}))
     (tmp_path / "2").mkdir()
     (tmp_path / "2" / "results.json").write_text(json.dumps({"status": "diverged", "overrides": ["lora.r=16"]}))
+    (tmp_path / "3").mkdir()  # fields of the wrong shape: a broken job, not a traceback
+    (tmp_path / "3" / "results.json").write_text(json.dumps({"status": "done", "overrides": ["lora.r=32"],
+                                                             "eval_val": [1, 2], "train": "fast"}))
     text = summarize(str(tmp_path))["markdown"]
-    assert "3 jobs: 0 done, 1 running, 1 failed, 0 not started / missing, 1 diverged." in text
+    assert "4 jobs: 0 done, 1 running, 2 failed, 0 not started / missing, 1 diverged." in text
     assert "unreadable results.json: a JSON list, not an object" in text
+    assert "broken results.json: `train` is \"fast\", not an object; `eval_val` is [1, 2], not an object" in text
+    assert "lora.r=32" in text  # which job it was
     assert "l= o=" not in text
 
 

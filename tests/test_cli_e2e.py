@@ -44,16 +44,32 @@ def test_run_dir_has_every_file(quickstart_run):
     assert json.load(open(run_dir / "final/trainer_state.json"))["step"] == E2E_STEPS
 
 
-def test_saved_adapter_reloads_and_generates(quickstart_run):
+def test_saved_adapter_reloads_with_plain_peft_as_the_trained_policy(quickstart_run):
+    """final/adapter on the base model, with nothing of detox, is the policy the run trained: the
+    same logits as the run's policy rebuilt from final/ (and not the base model's)."""
+    from omegaconf import OmegaConf
+
+    from detox.config.schema import typed_config
+    from detox.runtime.checkpoint import load_trained
+    from detox.stages.common import starting_policy
+
     run_dir, _ = quickstart_run
+    base = AutoModelForSeq2SeqLM.from_pretrained(asset_path("tiny-t5")).eval()
     tok = AutoTokenizer.from_pretrained(asset_path("tiny-t5"))
-    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(asset_path("tiny-t5")),
-                                      str(run_dir / "final" / "adapter")).eval()
     enc = tok(["\nSummarize the following conversation.\n\n#Person1#: Where is the bus station?\n"
                "#Person2#: Two blocks north, next to the bakery.\n\nSummary:\n"], return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=30, do_sample=False)
-    assert len(tok.decode(out[0], skip_special_tokens=True).split()) >= 3
+        greedy = base.generate(**enc, max_new_tokens=30, do_sample=False)
+        inputs = dict(**enc, decoder_input_ids=greedy[:, :-1])
+        base_logits = base(**inputs).logits
+        model = PeftModel.from_pretrained(base, str(run_dir / "final" / "adapter")).eval()
+        reloaded = model(**inputs).logits
+        cfg = typed_config(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+        policy = starting_policy(cfg)
+        assert load_trained(str(run_dir / "final"), policy) == E2E_STEPS
+        trained = policy.model(**inputs).logits
+    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=1e-5)
+    assert (reloaded - base_logits).abs().max() > 1e-3  # the adapter trained: it changes the model
 
 
 def test_wandb_offline_run_holds_the_curves(quickstart_run):

@@ -105,6 +105,31 @@ def test_cli_help_and_cfg_job(tmp_path):
     assert job.reward.input == "prompt_response" and job.data.shuffle is False
 
 
+@pytest.mark.parametrize("override,message", [
+    ("++ppo.stepz=5", r"ppo.stepz is not a setting detox knows \(forced in with \+\+\?\); did you mean ppo.steps\?"),
+    ("++eval.judgez=[profanity]", r"eval.judgez is not a setting .*did you mean eval.judges\?"),
+    ("++nonsense=1", r"nonsense is not a setting .*the keys of the config are \["),
+    ("++logger.trackers.mine.anything=1", r"logger.trackers.mine names no _target_"),
+    ("++logger.trackers.mine._target_=tiny_models.ListTracker", None),  # a tracker's node is its class's: free
+])
+def test_keys_forced_in_with_plus_plus_are_refused_unless_free(override, message):
+    cfg = make_cfg([override, *(["++logger.trackers.mine.anything=1"] if message is None else [])])
+    if message is None:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            validate(cfg)
+
+
+def test_a_value_hydra_cannot_merge_exits_2_like_every_config_error(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "detox", "ppo.steps=abc"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 2 and "ppo.steps" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_presets_override_top_level_keys():
     # `_self_` before the groups in conf/config.yaml: otherwise the root's seed/device win silently
     cfg = make_cfg(["experiment=quickstart"])

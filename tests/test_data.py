@@ -31,6 +31,18 @@ def test_length_filter_is_the_recipes_half_open_interval(tmp_path):
     assert kept == sorted([201, 500, 1000] + [300] * 20)
 
 
+def test_rows_without_a_dialogue_are_dropped_and_counted(tmp_path, caplog):
+    rows = rows_of_lengths([300] * 30)
+    for row in rows[::3]:  # a third of the rows: a null dialogue
+        row["dialogue"] = None
+    rows[1]["dialogue"] = " " * 400  # blank, though long enough
+    with caplog.at_level("INFO", logger="detox.data.splits"):
+        splits = load_splits(data_cfg(write_rows(tmp_path / "d.jsonl", rows)))
+    assert sum(len(s) for s in splits.values()) == 19
+    assert "dropped 11 of 30 rows with no dialogue (null or blank)" in caplog.text
+    assert "outside" not in caplog.text  # no row was dropped for its length
+
+
 def test_prompt_template_and_deterministic_disjoint_splits(tmp_path):
     rows = [{"id": f"r{i}", "dialogue": f"#Person1#: hello {i} " + "y" * 250, "summary": "s"} for i in range(100)]
     path = write_rows(tmp_path / "d.jsonl", rows)

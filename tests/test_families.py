@@ -5,13 +5,18 @@ line before weights load, and runs once its adapter is registered."""
 import json
 
 import pytest
-import torch
 from conftest import make_cfg
 from tiny_models import save_tiny_tower
 
 from detox.core.errors import LoadError
 from detox.models.assembly import check_policy
-from detox.models.families import FAMILIES, Seq2SeqFamily, SpecialTokens, family_of, register_family
+from detox.models.families import (
+    FAMILIES,
+    Seq2SeqFamily,
+    SpecialTokens,
+    family_of,
+    register_family,
+)
 from detox.stages.assemble import assemble, build_trainer
 from detox.stages.ppo import run_ppo
 

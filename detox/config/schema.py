@@ -322,7 +322,8 @@ def typed_config(saved) -> DictConfig:
     """A run's saved config (a dict, or its .hydra/config.yaml) on the schema: typed, and with the
     defaults of settings added since it ran (a run from before `logger.trackers` gets the
     tracker its `logger.backend` named)."""
-    saved = OmegaConf.create({k: v for k, v in saved.items() if k != "hydra"})
+    saved = saved.copy() if isinstance(saved, DictConfig) else OmegaConf.create(saved)  # unresolved
+    saved.pop("hydra", None)
     logger = saved.get("logger")
     if logger is not None and "trackers" not in logger and logger.get("backend") not in (None, "none"):
         shipped = OmegaConf.load(str(resources.files("detox.conf") / "logger" / f"{logger.backend}.yaml"))

@@ -180,6 +180,10 @@ def check_combinations(cfg: DictConfig) -> None:
     if not cfg.lora.enabled and cfg.policy.adapter and cfg.lora.train == "new":
         raise ConfigError("lora.enabled=false (full fine-tuning) with a starting policy.adapter: the adapter "
                           "would be merged and then nothing trains it as an adapter. Use lora.enabled=true.")
+    for name, node in cfg.logger.trackers.items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(f"logger.trackers.{name} names no _target_ (its tracker class); give it one, or select a "
+                              "shipped tracker with logger=<name> (conf/logger/).")
     backend = cfg.logger.backend
     if backend is not None and backend != "none" and backend not in cfg.logger.trackers:
         raise ConfigError(f"logger.backend={backend} (the old way to pick a tracker) names no tracker of this config "

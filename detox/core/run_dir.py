@@ -10,7 +10,7 @@ A run dir is Hydra's output dir of one job. PPO writes:
     distributed.json            data-parallel runs: every process's facts
     wandb_id.txt, wandb/        the W&B run (resumed under the same id)
     detox.lock                  while a process works in the run dir: its pid, host, stage
-    checkpoints/step-<N>/       periodic checkpoints (format: detox/checkpoint.py)
+    checkpoints/step-<N>/       periodic checkpoints (format: detox/runtime/checkpoint.py)
     final/                      the last checkpoint
     eval/                       samples.jsonl, report.json, report.md, toxicity_hist.png, baseline.json
     export/                     stage=export: a model to ship (README.md model card, detox_export.json)

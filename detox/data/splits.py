@@ -80,9 +80,18 @@ def check_text(ds: Dataset, columns, name: str) -> None:
 
 
 def filter_by_length(ds: Dataset, min_chars: int, max_chars: int, column: str) -> Dataset:
-    """Keep rows with min_chars < len(dialogue) <= max_chars (the recipe's filter)."""
-    lengths = np.array([len(x or "") for x in ds[column]])
-    keep = np.flatnonzero((lengths > min_chars) & (lengths <= max_chars))
+    """Keep rows with min_chars < len(dialogue) <= max_chars (the recipe's filter); say how many
+    rows went and why (a row without a dialogue, null or blank, is never kept)."""
+    texts = ds[column]
+    lengths = np.array([len(x or "") for x in texts])
+    blank = np.array([not (x or "").strip() for x in texts])
+    keep = np.flatnonzero((lengths > min_chars) & (lengths <= max_chars) & ~blank)
+    if blank.any():
+        log.warning("data: dropped %d of %d rows with no %s (null or blank)", int(blank.sum()), len(ds), column)
+    outside = len(ds) - len(keep) - int(blank.sum())
+    if outside:
+        log.info("data: dropped %d rows outside %d < len(%s) <= %d (data.min_chars / data.max_chars)", outside,
+                 min_chars, column, max_chars)
     return ds.select(keep)
 
 

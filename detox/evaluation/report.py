@@ -3,7 +3,7 @@
 A sample row holds a prompt, its references, its group value, and one entry per variant
 (`before`, `after`, `null`) with the response, every judge's P(toxic), the KL to the
 reference and the length. From those rows come the flat `eval/...` metrics (names as in
-the README's metric table) and the side-by-side examples; `detox/report_files.py` writes
+the README's metric table) and the side-by-side examples; `detox/evaluation/report_files.py` writes
 them out as report.json, report.md and the toxicity histogram.
 """
 

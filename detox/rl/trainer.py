@@ -26,7 +26,6 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
-from detox.algo import advantages, losses, masked
 from detox.algo.kl import make_kl_controller
 from detox.core.errors import CheckpointError
 from detox.core.run_dir import (
@@ -41,7 +40,8 @@ from detox.models.policy import Policy
 from detox.models.rewards import Reward
 from detox.rl.guards import DivergenceGuard, warn_if_kl_significantly_negative
 from detox.rl.rollout import Rollout, collect_rollout
-from detox.rl.update import Advantages, PPOUpdate
+from detox.rl.step_metrics import rollout_metrics
+from detox.rl.update import PPOUpdate
 from detox.runtime.checkpoint import (
     decode_rng,
     encode_rng,
@@ -221,7 +221,6 @@ class PPOTrainer:
         self.timings["perf/optimise_s"] = time.perf_counter() - t1
         self.guard.updates(skipped, self.step + 1)
         self.guard.weights(self.weights_finite(), self.step + 1)
-        mask = r.mask
         scores, kl_per_seq = r.scores, r.kl_per_seq
         if self.dist.enabled:  # the global batch's (every process's); the KL controller steps on them
             scores, kl_per_seq = self.dist.gather(torch.stack([scores.float(), kl_per_seq.float()], 1)).unbind(1)
@@ -231,21 +230,9 @@ class PPOTrainer:
         if self.dist.is_main:
             warn_if_kl_significantly_negative(kl_per_seq, self.step)
         step_time = time.perf_counter() - t0
-        lengths = mask.sum(1)
-        ended = torch.isin(r.batch.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1),
-                           torch.as_tensor(self.policy.eos_token_id, device=lengths.device))
         metrics = {
-            "env/reward_mean": float(scores.mean()),
-            "env/reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
-            "objective/kl": kl_mean,
-            "objective/kl_coef": adv.kl_coef,
-            "objective/kl_penalty": float(-adv.kl_coef * adv.kl.sum(1).mean()),
-            "objective/entropy": float(masked.masked_mean(r.entropy, mask)),
+            **rollout_metrics(r, adv, scores, kl_mean, self.policy.eos_token_id, self.samples_per_prompt),
             **stats,
-            **self._value_metrics(r, adv),
-            **self._group_metrics(r),
-            "response/length_mean": float(lengths.float().mean()),
-            "response/eos_rate": float(ended.float().mean()),
             "perf/step_time_s": step_time,
             "perf/samples_per_s": len(r.prompts) / step_time,
             "perf/peak_memory_gb": peak_memory_gb(self.device),
@@ -256,28 +243,6 @@ class PPOTrainer:
                                                            "objective/kl_coef", "ppo/epochs", "ppo/skipped_minibatches"))
         self.step += 1
         return metrics, r
-
-    @staticmethod
-    def _value_metrics(r: Rollout, adv: Advantages) -> dict[str, float]:
-        """The value head's figures (absent, not zero, for critic-free estimators), and the
-        advantages before whitening."""
-        out = {"ppo/advantage/mean": float(masked.masked_mean(adv.raw, r.mask)),
-               "ppo/advantage/std": float(masked.masked_var(adv.raw, r.mask).sqrt())}
-        if r.values is not None:
-            out.update({"ppo/value/explained_variance": float(losses.explained_variance(r.values, adv.returns, r.mask)),
-                        "ppo/value/mean": float(masked.masked_mean(r.values, r.mask)),
-                        "ppo/returns/mean": float(masked.masked_mean(adv.returns, r.mask))})
-        return out
-
-    def _group_metrics(self, r: Rollout) -> dict[str, float]:
-        """With k >= 2 responses per prompt: the mean within-prompt std of the scores, and the
-        share of prompts whose k scores are all equal (no learning signal for a group baseline)."""
-        if self.samples_per_prompt < 2:
-            return {}
-        _, _, std = advantages.group_moments(r.scores.double(), r.groups)
-        per_prompt = std[:: self.samples_per_prompt]
-        return {"env/group_reward_std": float(per_prompt.mean()),
-                "env/zero_signal_fraction": float((per_prompt == 0).double().mean())}
 
     # ---------------------------------------------------------------- the loop
     def train(self, tracker: Tracking, run_dir: str, validate: Validate | None = None, every: int = 0,

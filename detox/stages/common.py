@@ -19,6 +19,7 @@ from detox.core.run_dir import FINAL_DIR, HYDRA_CONFIG
 from detox.models.assembly import build_policy
 from detox.models.policy import Policy
 from detox.runtime.checkpoint import (
+    fingerprint,
     fingerprint_diffs,
     latest_checkpoint,
     read_state,
@@ -26,7 +27,6 @@ from detox.runtime.checkpoint import (
 )
 from detox.runtime.results import Results
 from detox.runtime.run_lock import RunLock
-from detox.runtime.checkpoint import fingerprint
 from detox.runtime.tracking import Tracking
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ or none, never half of one):
        adapter_config.json
   generation_config.json           the run's evaluation decoding
   tokenizer files
-  README.md                        the model card (detox/model_card.py)
+  README.md                        the model card (detox/stages/model_card.py)
   detox_export.json                provenance: the run, the checkpoint and step, the run's config
 """
 
@@ -27,7 +27,12 @@ from detox.models.generation import generation_config
 from detox.models.policy import TRAIN_ADAPTER, Policy
 from detox.runtime.checkpoint import load_trained
 from detox.runtime.results import Results, now, package_versions
-from detox.stages.common import config_dict, finished_run_lock, load_run, starting_policy
+from detox.stages.common import (
+    config_dict,
+    finished_run_lock,
+    load_run,
+    starting_policy,
+)
 from detox.stages.model_card import model_card
 
 REPORT = os.path.join(EVAL_DIR, "report.json")

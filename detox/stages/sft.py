@@ -51,7 +51,11 @@ from detox.models.assembly import (
     load_base_model,
     load_tokenizer,
 )
-from detox.models.generation import decode_responses, generate_batches, model_generation_config
+from detox.models.generation import (
+    decode_responses,
+    generate_batches,
+    model_generation_config,
+)
 from detox.models.policy import TRAIN_ADAPTER, count_parameters
 from detox.runtime.distributed import resolve_device
 from detox.runtime.results import Results, model_provenance, provenance

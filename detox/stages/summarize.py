@@ -36,7 +36,11 @@ from detox.data.prompts import check_prompt_room, fit_prompt, warn_cut
 from detox.evaluation.evaluator import forked_rng
 from detox.models.assembly import load_tokenizer
 from detox.models.families import family_of
-from detox.models.generation import decode_responses, generate_batches, model_generation_config
+from detox.models.generation import (
+    decode_responses,
+    generate_batches,
+    model_generation_config,
+)
 from detox.models.judges import REWARD_JUDGE, build_judges
 from detox.models.policy import TRAIN_ADAPTER
 from detox.models.rewards import build_reward

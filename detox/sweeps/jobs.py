@@ -75,14 +75,16 @@ def read_job(job_dir: str) -> Job:
     return Job(job_dir, status, [str(o) for o in overrides or []], results)
 
 
-# The fields of results.json the summary reads, and the JSON types detox writes them as.
-SHAPES = {"status": (str,), "overrides": (list,), "config": (dict,), "train": (dict,), "eval": (dict,),
-          "eval_val": (dict,), "objective": (int, float), "error": (str,)}
+# The fields of results.json the summary reads, and the JSON types detox writes them as (an
+# `overrides` that is not a list falls back on Hydra's own record instead).
+SHAPES = {"status": (str,), "config": (dict,), "train": (dict,), "eval": (dict,), "eval_val": (dict,),
+          "objective": (int, float), "error": (str,)}
 
 
 def shape_problems(results: dict) -> list[str]:
     """What in a results.json does not have the shape detox writes (a null field is fine)."""
-    problems = [f"`{key}` is {json.dumps(results[key])[:40]}, not a {' or '.join(t.__name__ for t in types)}"
+    names = {dict: "an object", str: "a string", int: "a number", float: "a number"}
+    problems = [f"`{key}` is {json.dumps(results[key])[:40]}, not {' or '.join(dict.fromkeys(names[t] for t in types))}"
                 for key, types in SHAPES.items()
                 if results.get(key) is not None and not isinstance(results[key], types)]
     objective_cfg = (results.get("config") or {}).get("objective") if isinstance(results.get("config"), dict) else None

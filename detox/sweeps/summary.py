@@ -1,7 +1,7 @@
 """`detox-sweep-summary <sweep dir>`: the jobs of a (possibly unfinished) sweep as a table
 (summary.md, summary.csv) and a Pareto plot (pareto.png).
 
-Settings are ranked by the VALIDATION objective (`detox/sweep.py`); test-split figures are
+Settings are ranked by the VALIDATION objective (`detox/evaluation/objective.py`); test-split figures are
 shown beside it, never used to choose.
 """
 

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the PPO core (detox/ppo.py). CPU, fast."""
+"""Hand-computed checks of the algorithm (detox/algo/: masked statistics, KL, advantages, losses, tokens). CPU, fast."""
 
 import math
 
