@@ -8,7 +8,7 @@ A run dir is Hydra's output dir of one job. PPO writes:
     rollouts.jsonl              every sampled response with its score, KL and length
     curves.png                  reward, KL and KL coefficient by step
     distributed.json            data-parallel runs: every process's facts
-    wandb_id.txt, wandb/        the W&B run (resumed under the same id)
+    wandb/, tensorboard/, mlflow.db, ...   the trackers' own files (detox/runtime/trackers.py)
     detox.lock                  while a process works in the run dir: its pid, host, stage
     checkpoints/step-<N>/       periodic checkpoints (format: detox/runtime/checkpoint.py)
     final/                      the last checkpoint
@@ -30,7 +30,6 @@ METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
 CURVES_FILE = "curves.png"
 DISTRIBUTED_FILE = "distributed.json"
-WANDB_ID_FILE = "wandb_id.txt"
 LOCK_FILE = "detox.lock"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"

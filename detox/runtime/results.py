@@ -18,8 +18,8 @@ from detox.core.errors import RunStopped
 from detox.core.run_dir import RESULTS_FILE
 
 log = logging.getLogger(__name__)
-PACKAGES = ("detox", "torch", "transformers", "peft", "trl", "datasets", "hydra-core", "wandb",
-            "alt-profanity-check", "rouge-score")
+PACKAGES = ("detox", "torch", "transformers", "peft", "trl", "datasets", "hydra-core", "wandb", "tensorboard",
+            "mlflow-skinny", "alt-profanity-check", "rouge-score")
 
 
 def now() -> str:
