@@ -126,7 +126,7 @@ def test_forward_logprobs_match_generate_scores(tiny, batch):
     gen = generation_config(gen_cfg, policy.special_tokens)
     out = policy.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=gen,
                                 max_new_tokens=12, output_logits=True, return_dict_in_generate=True)
-    generated = policy.family.to_batch(batch.input_ids, batch.attention_mask, out.sequences, gen.eos_token_id)
+    generated = policy.family.to_batch(batch.input_ids, batch.attention_mask, out.sequences, policy.special_tokens)
     raw = torch.stack(out.logits, 1)  # [B, L, V] logits before any processor
     gen_logprobs = tokens.logprobs_from_logits(raw, generated.response_ids)
     fwd_logprobs = tokens.logprobs_from_logits(policy(generated).logits, generated.response_ids)
@@ -182,7 +182,7 @@ def test_tempered_logprobs_match_generates_processed_scores(tiny, batch):
     gen = generation_config(gen_cfg, policy.special_tokens)
     out = policy.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=gen,
                                 max_new_tokens=12, output_scores=True, return_dict_in_generate=True)
-    generated = policy.family.to_batch(batch.input_ids, batch.attention_mask, out.sequences, gen.eos_token_id)
+    generated = policy.family.to_batch(batch.input_ids, batch.attention_mask, out.sequences, policy.special_tokens)
     processed = torch.stack(out.scores, 1)  # after the temperature warper
     gen_logprobs = tokens.logprobs_from_logits(processed, generated.response_ids)
     fwd_logprobs = tokens.logprobs_from_logits(policy(generated).logits, generated.response_ids)

@@ -227,3 +227,88 @@ def save_tiny_tower(path: str, seed: int = 0) -> str:
     TowerForConditionalGeneration(TowerConfig(text=text)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# ------------------------------------------------------------------------------ every encoder-decoder family
+# Tiny random models of each family transformers ships, built from their configs. T5-like families
+# read our unigram tokenizer (pad 0, eos 1, unk 2; the decoder starts with pad); BART-like ones the
+# byte-level one with RoBERTa's ids (<s> 0, <pad> 1, </s> 2; the decoder starts with </s>).
+T5_IDS = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+BART_IDS = dict(bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+T5_SIZES = dict(d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=2, dropout_rate=0.1)
+BART_SIZES = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                  encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=512, dropout=0.1)
+
+
+def _gemma_module(vocab: int, **extra) -> dict:
+    return dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=32,
+                max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=2, **extra)
+
+
+def family_config(family: str, vocab: int):
+    """(config, tokenizer kind) of a tiny random model of `family` (a transformers model_type)."""
+    import transformers as tf
+
+    if family in ("t5", "mt5", "umt5"):
+        cls = {"t5": tf.T5Config, "mt5": tf.MT5Config, "umt5": tf.UMT5Config}[family]
+        return cls(vocab_size=vocab, **T5_SIZES, **T5_IDS), "t5"
+    if family == "longt5":
+        return tf.LongT5Config(vocab_size=vocab, **T5_SIZES, **T5_IDS, local_radius=8, global_block_size=4,
+                               encoder_attention_type="transient-global"), "t5"
+    if family == "switch_transformers":
+        return tf.SwitchTransformersConfig(vocab_size=vocab, **T5_SIZES, **T5_IDS, num_experts=2, expert_capacity=64,
+                                           num_sparse_encoder_layers=1, num_sparse_decoder_layers=1), "t5"
+    if family == "t5gemma":
+        module = _gemma_module(vocab)
+        return tf.T5GemmaConfig(encoder=module, decoder=module, vocab_size=vocab), "t5"
+    if family == "t5gemma2":
+        from transformers.models.t5gemma2.configuration_t5gemma2 import (
+            T5Gemma2DecoderConfig,
+            T5Gemma2EncoderConfig,
+        )
+
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                      patch_size=14)
+        encoder = T5Gemma2EncoderConfig(text_config=_gemma_module(vocab), vision_config=vision, mm_tokens_per_image=4,
+                                        boi_token_index=vocab - 3, eoi_token_index=vocab - 2,
+                                        image_token_index=vocab - 1)
+        decoder = T5Gemma2DecoderConfig(**_gemma_module(vocab))
+        return tf.T5Gemma2Config(encoder=encoder, decoder=decoder, image_token_index=vocab - 1,
+                                 eoi_token_index=vocab - 2), "t5"
+    if family == "pegasus":
+        return tf.PegasusConfig(vocab_size=vocab, **BART_SIZES, **T5_IDS), "t5"
+    if family == "marian":
+        return tf.MarianConfig(vocab_size=vocab, decoder_vocab_size=vocab, **BART_SIZES, **T5_IDS), "t5"
+    if family in ("bart", "mbart"):
+        cls = {"bart": tf.BartConfig, "mbart": tf.MBartConfig}[family]
+        return cls(vocab_size=vocab, **BART_SIZES, **BART_IDS), "bart"
+    if family == "led":
+        sizes = {k: v for k, v in BART_SIZES.items() if k != "max_position_embeddings"}
+        return tf.LEDConfig(vocab_size=vocab, **sizes, **BART_IDS, attention_window=[16, 16],
+                            max_encoder_position_embeddings=1024, max_decoder_position_embeddings=512), "bart"
+    raise ValueError(f"no tiny config for {family!r}")
+
+
+FAMILIES = ("t5", "mt5", "umt5", "longt5", "switch_transformers", "t5gemma", "t5gemma2", "bart", "mbart", "pegasus",
+            "marian", "led")
+
+
+def save_tiny_family(family: str, path: str, seed: int = 0, forced_bos: bool = False) -> str:
+    """A tiny random model of `family` and its tokenizer at `path`, loadable by AutoModelForSeq2SeqLM.
+    forced_bos: its generation_config.json forces `<s>` first, as bart-large-cnn's does (with
+    beams, n-gram blocking and a length penalty that detox must not take over)."""
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+
+    probe_config, kind = family_config(family, 1000)
+    tok = t5_tokenizer() if kind == "t5" else roberta_tokenizer()
+    config, _ = family_config(family, len(tok))
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    if forced_bos:
+        model.generation_config = GenerationConfig(**{k: v for k, v in BART_IDS.items()}, forced_bos_token_id=0,
+                                                   forced_eos_token_id=2, num_beams=4, no_repeat_ngram_size=3,
+                                                   length_penalty=2.0, min_length=30, max_length=60)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -65,13 +65,18 @@ class PolicySettings:
     gradient_checkpointing: bool = False
 
 
+ALL_LINEAR = "all-linear"  # peft's name for every linear layer but the output head
+
+
 @dataclass
 class LoraSettings:
     enabled: bool = True
     r: int = 32
     alpha: float = 32.0
     dropout: float = 0.05  # stage=sft only: PPO keeps dropout off in every forward pass
-    target_modules: List[str] = field(default_factory=lambda: ["q", "v"])
+    # A list of module names, or `all-linear` (peft's: every linear layer but the output head, and
+    # but what the model's family excludes, e.g. a vision tower).
+    target_modules: Any = "all-linear"
     train: LoraTrain = LoraTrain.new
     use_rslora: bool = False
 
@@ -174,6 +179,9 @@ class PPOSettings:
     vf_coef: float = 0.1
     max_grad_norm: Optional[float] = None
     whiten_rewards: bool = False
+    # A model family's auxiliary loss (Switch Transformers: the routers' z-loss and load balance,
+    # with the model's own coefficients) added to the PPO loss; false: off. Others have none.
+    aux_loss: bool = True
     target_approx_kl: Optional[float] = None  # stop the step's PPO epochs early past this
     ratio_threshold: Optional[float] = None  # skip a mini-batch whose mean ratio exceeds this (old TRL's)
     kl: KLSettings = field(default_factory=KLSettings)

@@ -13,11 +13,11 @@ import difflib
 import string
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detox.algo.advantages import ADVANTAGE_ESTIMATORS
 from detox.config import schema
-from detox.config.schema import Config, Stage
+from detox.config.schema import ALL_LINEAR, Config, Stage
 from detox.core.errors import ConfigError
 from detox.core.overrides import hydra_overrides, override_key, under
 
@@ -173,6 +173,11 @@ def check_device(key: str, name: str | None) -> None:
 
 
 def check_combinations(cfg: DictConfig) -> None:
+    targets = cfg.lora.target_modules
+    if not (targets == ALL_LINEAR or (isinstance(targets, ListConfig) and len(targets)
+                                       and all(isinstance(t, str) for t in targets))):
+        raise ConfigError(f"lora.target_modules={targets!r} is neither {ALL_LINEAR} nor a list of module names: use "
+                          f"lora.target_modules={ALL_LINEAR} (every linear layer but the head) or e.g. [q,v].")
     if str(cfg.resume).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"resume={cfg.resume!r} is unknown: use auto, true or false.")
     if cfg.reward.backend == "hf" and not cfg.reward.name_or_path:

@@ -27,6 +27,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from detox.config.schema import ALL_LINEAR
 from detox.core.errors import ConfigError, LoadError
 from detox.core.hub import friendly_load_error
 from detox.models.families import Seq2SeqFamily, family_of
@@ -50,14 +51,25 @@ def check_policy(cfg: DictConfig) -> Seq2SeqFamily:
 
 
 def load_base_model(cfg: DictConfig, dtype: str | None = None) -> nn.Module:
-    """The base model in `policy.dtype` (or `dtype`), by its family's loader."""
+    """The base model in `policy.dtype` (or `dtype`), by its family's loader, prepared by its
+    family (`Seq2SeqFamily.prepare`: decoding settings from detox's config alone)."""
     family = check_policy(cfg)
     with friendly_load_error("policy.name_or_path", cfg.name_or_path):
-        return family.auto_class.from_pretrained(cfg.name_or_path, revision=cfg.revision,
-                                                 dtype=DTYPES[dtype or cfg.dtype])
+        model = family.auto_class.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                  dtype=DTYPES[dtype or cfg.dtype])
+    family.prepare(model)
+    return model
 
 
-def check_target_modules(model: nn.Module, targets: list[str]) -> None:
+def lora_targets(lora_cfg: DictConfig) -> str | list[str]:
+    """`lora.target_modules` as peft takes it: `all-linear`, or a list of names."""
+    targets = lora_cfg.target_modules
+    return targets if isinstance(targets, str) else list(targets)
+
+
+def check_target_modules(model: nn.Module, targets: str | list[str]) -> None:
+    if targets == ALL_LINEAR:
+        return
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     linear_names = sorted(
         {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -156,10 +168,11 @@ def _assemble(policy_cfg: DictConfig, lora_cfg: DictConfig) -> Policy:
                               "not supported; use lora.enabled=true.")
         return Policy(model, "copy", reference)
 
-    check_target_modules(model, list(lora_cfg.target_modules))
+    targets = lora_targets(lora_cfg)
+    check_target_modules(model, targets)
     fresh = LoraConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout, target_modules=list(lora_cfg.target_modules),
+        task_type=TaskType.SEQ_2_SEQ_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+        target_modules=targets, exclude_modules=family_of(model.config).lora_exclude(targets),
         use_rslora=lora_cfg.use_rslora,
     )
     if adapter is None:

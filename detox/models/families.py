@@ -16,12 +16,13 @@ one line before weights load. Adding a family is one subclass here (or none) and
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, GenerationConfig
 from transformers.modeling_outputs import BaseModelOutput
 
 from detox.algo.tokens import response_mask
@@ -58,9 +59,19 @@ class Seq2SeqBatch:
 
 @dataclass(frozen=True)
 class SpecialTokens:
+    """A model's token ids for decoding. forced_bos: a token its checkpoint forces right after
+    the decoder start (BART summarizers' `<s>`): part of the decoder's prefix, never a sampled
+    action, so it is outside every response mask, log-prob and KL."""
+
     pad: int
     eos: int | list[int]
     decoder_start: int
+    forced_bos: int | None = None
+
+    @property
+    def prefix_length(self) -> int:
+        """Tokens `generate` puts before the first sampled one."""
+        return 1 if self.forced_bos is None else 2
 
 
 @dataclass
@@ -80,8 +91,6 @@ class Seq2SeqFamily:
 
     name = "encoder-decoder"
     auto_class = AutoModelForSeq2SeqLM  # what loads a checkpoint of the family
-    # Tokens `generate` puts before the first sampled one (the decoder start token).
-    prefix_length = 1
 
     # ------------------------------------------------------------------ the config
     def check(self, config) -> None:
@@ -94,22 +103,51 @@ class Seq2SeqFamily:
         self.special_tokens(config)
 
     def hidden_size(self, config) -> int:
-        """The width of the decoder's last hidden state (the value head's input)."""
-        for name in ("d_model", "hidden_size"):
-            if isinstance(getattr(config, name, None), int):
-                return getattr(config, name)
+        """The width of the decoder's last hidden state (the value head's input), from the
+        decoder's own config where a family nests it (T5Gemma's `config.decoder`)."""
+        for source in (config.get_text_config(decoder=True), config):
+            for name in ("d_model", "hidden_size"):
+                if isinstance(getattr(source, name, None), int):
+                    return getattr(source, name)
         raise LoadError(f"is a {config.model_type!r} model, whose config names no d_model or hidden_size (the "
                         "value head's input width): it needs a family adapter (detox/models/families.py).")
 
-    def special_tokens(self, config) -> SpecialTokens:
-        values = {k: getattr(config, f"{k}_token_id", None) for k in ("pad", "eos", "decoder_start")}
+    def special_tokens(self, config, generation_config=None) -> SpecialTokens:
+        """From the config, then the checkpoint's generation config (where transformers 5 keeps
+        what older configs held); the decoder starts with BOS when nothing names its start
+        token, as `generate` does (T5Gemma)."""
+        sources = [config, config.get_text_config(decoder=True), generation_config]
+
+        def first(name: str):
+            return next((getattr(s, name) for s in sources if s is not None and getattr(s, name, None) is not None),
+                        None)
+
+        values = {k: first(f"{k}_token_id") for k in ("pad", "eos", "decoder_start")}
+        if values["decoder_start"] is None:
+            values["decoder_start"] = first("bos_token_id")
         missing = [f"{k}_token_id" for k, v in values.items() if v is None]
         if missing:
             raise LoadError(f"is a {config.model_type!r} model, whose config names no {', '.join(missing)}: it "
                             "needs a family adapter (detox/models/families.py).")
-        return SpecialTokens(**values)
+        forced = getattr(generation_config, "forced_bos_token_id", None)
+        return SpecialTokens(**values, forced_bos=forced)
 
     # ------------------------------------------------------------------ the model
+    def prepare(self, model: nn.Module) -> SpecialTokens:
+        """Make a loaded model decode as detox says and nothing else: its checkpoint's generation
+        config (beams, n-gram blocking, length penalties, a forced final EOS, min/max lengths)
+        would change the distribution PPO samples from and scores, so only its token ids stay,
+        a forced first token included (it is part of the decoder's prefix). Returns those ids."""
+        tokens = self.special_tokens(model.config, model.generation_config)
+        model.generation_config = GenerationConfig(
+            pad_token_id=tokens.pad, eos_token_id=tokens.eos, decoder_start_token_id=tokens.decoder_start,
+            bos_token_id=getattr(model.generation_config, "bos_token_id", None), forced_bos_token_id=tokens.forced_bos)
+        return tokens
+
+    def tokens(self, model: nn.Module) -> SpecialTokens:
+        """A (prepared) model's token ids."""
+        return self.special_tokens(model.config, getattr(model, "generation_config", None))
+
     def encode(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The encoder's outputs, as `generate` computes them (a `BaseModelOutput`)."""
         return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
@@ -122,45 +160,63 @@ class Seq2SeqFamily:
         """The module whose output's first element is the decoder's last hidden state."""
         return model.get_decoder()
 
-    def forward(self, model: nn.Module, batch: Seq2SeqBatch, *, encoder_outputs=None, keep_hidden: bool = False,
-                call: Callable | None = None) -> FamilyOutput:
+    def forward(self, model: nn.Module, batch: Seq2SeqBatch, tokens: SpecialTokens, *, encoder_outputs=None,
+                keep_hidden: bool = False, call: Callable | None = None, aux_loss: bool = False) -> FamilyOutput:
         """Logits [B, T, V] of every response position (and the decoder's last hidden state,
         kept by a hook on `decoder(model)`: `output_hidden_states` would hold every layer's).
         `encoder_outputs` (from `encode`, rows matching) skips the encoder; `call`: what runs
-        the model instead of `model(...)` (a compiled call)."""
+        the model instead of `model(...)` (a compiled call); aux_loss: compute the family's
+        auxiliary loss, if it has one."""
         hidden: list[torch.Tensor] = []
         hook = self.decoder(model).register_forward_hook(
             lambda module, args, out: hidden.append(out[0])) if keep_hidden else None
         try:
             out = (call or model)(input_ids=None if encoder_outputs is not None else batch.input_ids,
-                        attention_mask=batch.attention_mask, encoder_outputs=encoder_outputs,
-                        decoder_input_ids=batch.decoder_input_ids, use_cache=False)
+                                  attention_mask=batch.attention_mask, encoder_outputs=encoder_outputs,
+                                  decoder_input_ids=batch.decoder_input_ids, use_cache=False,
+                                  **self.forward_kwargs(aux_loss))
         finally:
             if hook is not None:
                 hook.remove()
-        skip = self.prefix_length - 1  # logits of forced tokens are not the policy's choices
+        skip = tokens.prefix_length - 1  # logits that score forced tokens are not the policy's choices
         return FamilyOutput(logits=out.logits[:, skip:], hidden=hidden[-1][:, skip:] if keep_hidden else None,
-                            aux_loss=self.aux_loss(out))
+                            aux_loss=self.aux_loss(out, model.config) if aux_loss else None)
 
-    def aux_loss(self, output: Any) -> torch.Tensor | None:
-        """The family's auxiliary training loss (a mixture of experts' router loss); None."""
+    def lora_exclude(self, targets: str | list[str]) -> list[str] | None:
+        """Modules `lora.target_modules=all-linear` must leave alone (peft's `exclude_modules`)."""
+        return None
+
+    def forward_kwargs(self, aux_loss: bool) -> dict[str, Any]:
+        """What the model's forward needs besides the batch (to compute its auxiliary loss)."""
+        return {}
+
+    def aux_loss(self, output: Any, config) -> torch.Tensor | None:
+        """The family's auxiliary training loss, with the model's own coefficients (a mixture of
+        experts' router losses); None for families without one."""
+        return None
+
+    def describe_aux_loss(self, config) -> str | None:
+        """What the auxiliary loss is, for the log; None when the family has none."""
         return None
 
     # ------------------------------------------------------------------ generated sequences
     def to_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, sequences: torch.Tensor,
-              eos: int | list[int], caps: torch.Tensor | None = None, trim: bool = False) -> Seq2SeqBatch:
+                 tokens: SpecialTokens, caps: torch.Tensor | None = None, trim: bool = False) -> Seq2SeqBatch:
         """A `Seq2SeqBatch` from `generate`'s sequences [B, prefix + L]: the response is what
-        follows the prefix, masked up to and including the first EOS and within `caps` [B].
-        trim: cut the columns after the longest response (else all L are kept)."""
-        response_ids = sequences[:, self.prefix_length:]
-        mask = response_mask(response_ids, eos, caps)
+        follows the prefix (the decoder start, and a forced BOS), masked up to and including the
+        first EOS and within `caps` [B] (counted in sampled tokens). trim: cut the columns after
+        the longest response (else all L are kept)."""
+        prefix = tokens.prefix_length
+        response_ids = sequences[:, prefix:]
+        mask = response_mask(response_ids, tokens.eos, caps)
         width = int(mask.sum(1).max()) if trim else response_ids.shape[1]
-        decoder_input_ids = sequences[:, : self.prefix_length - 1 + width]
+        decoder_input_ids = sequences[:, : prefix - 1 + width]
         return Seq2SeqBatch(input_ids, attention_mask, decoder_input_ids, response_ids[:, :width], mask[:, :width])
 
 
 FAMILIES: dict[str, Seq2SeqFamily] = {}
 GENERIC = Seq2SeqFamily()
+log = logging.getLogger(__name__)
 
 
 def register_family(*model_types: str):
@@ -190,3 +246,59 @@ def family_of(config, subject: str = "the model") -> Seq2SeqFamily:
 def family_of_model(model: nn.Module) -> Seq2SeqFamily:
     """The adapter of a loaded model: a `Policy`'s own, else by its config."""
     return getattr(model, "family", None) or family_of(model.config)
+
+
+# ------------------------------------------------------------------------------ families that differ
+@register_family("switch_transformers")
+class SwitchTransformers(Seq2SeqFamily):
+    """Switch Transformers, a mixture of experts (T5's layout otherwise). Its forward reads router
+    logits off the encoder's output, so reused encoder states travel in its own output class. Its
+    routers drop a token once an expert has served `expert_capacity` tokens of a sequence: a
+    teacher-forced pass would then route the later tokens of a long response differently from
+    cached generation (one token at a time), and its log-probs would not be those of the sampled
+    distribution; detox lifts the capacity so no token is dropped. The routers' z-loss and
+    load-balancing loss (the model's own coefficients) join the PPO loss (`ppo.aux_loss`)."""
+
+    name = "switch_transformers"
+    UNLIMITED = 1 << 30
+
+    def prepare(self, model: nn.Module) -> SpecialTokens:
+        from transformers.models.switch_transformers.modeling_switch_transformers import (
+            SwitchTransformersTop1Router,
+        )
+
+        routers = [m for m in model.modules() if isinstance(m, SwitchTransformersTop1Router)]
+        if routers and routers[0].expert_capacity < self.UNLIMITED:
+            log.info("switch_transformers: expert capacity lifted from %d to unlimited, so a teacher-forced pass "
+                     "routes every token as generation does", routers[0].expert_capacity)
+        for router in routers:
+            router.expert_capacity = self.UNLIMITED
+        return super().prepare(model)
+
+    def encoder_outputs(self, states: torch.Tensor):
+        from transformers.modeling_outputs import MoEModelOutput
+
+        return MoEModelOutput(last_hidden_state=states)
+
+    def forward_kwargs(self, aux_loss: bool) -> dict[str, Any]:
+        return {"output_router_logits": aux_loss}
+
+    def aux_loss(self, output: Any, config) -> torch.Tensor:
+        z = output.encoder_z_loss + output.decoder_z_loss
+        balance = output.encoder_aux_loss + output.decoder_aux_loss
+        return torch.as_tensor(config.router_z_loss_coef * z + config.router_aux_loss_coef * balance)
+
+    def describe_aux_loss(self, config) -> str:
+        return (f"the routers' z-loss x {config.router_z_loss_coef:g} and load-balancing loss x "
+                f"{config.router_aux_loss_coef:g}")
+
+
+@register_family("t5gemma2")
+class T5Gemma2(Seq2SeqFamily):
+    """T5Gemma 2 is multimodal: its encoder holds a vision tower beside the text model. detox uses
+    the text path (prompts are text), so `all-linear` LoRA leaves the vision modules alone."""
+
+    name = "t5gemma2"
+
+    def lora_exclude(self, targets: str | list[str]) -> list[str] | str | None:
+        return r".*(vision_tower|multi_modal_projector).*" if targets == "all-linear" else None

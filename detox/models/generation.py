@@ -22,8 +22,8 @@ def generation_config(settings: DictConfig, tokens: SpecialTokens, greedy: bool 
     `greedy`, SFT's ROUGE, detox-generate's default)."""
     config = GenerationConfig(
         do_sample=settings.do_sample, top_k=settings.top_k, top_p=settings.top_p, temperature=settings.temperature,
-        min_length=settings.min_length, num_beams=1,
-        pad_token_id=tokens.pad, eos_token_id=tokens.eos, decoder_start_token_id=tokens.decoder_start,
+        min_length=settings.min_length, num_beams=1, pad_token_id=tokens.pad, eos_token_id=tokens.eos,
+        decoder_start_token_id=tokens.decoder_start, forced_bos_token_id=tokens.forced_bos,
     )
     if settings.get("cache_implementation") not in (None, "dynamic"):
         config.cache_implementation = str(settings.cache_implementation)
@@ -32,9 +32,14 @@ def generation_config(settings: DictConfig, tokens: SpecialTokens, greedy: bool 
     return config
 
 
+def model_tokens(model) -> SpecialTokens:
+    """The token ids of a loaded model (a `Policy`, or a transformers model its family prepared)."""
+    return model.special_tokens if hasattr(model, "family") else family_of_model(model).tokens(model)
+
+
 def model_generation_config(settings: DictConfig, model, greedy: bool = False) -> GenerationConfig:
     """`generation_config` for a loaded model (a `Policy` or a transformers model)."""
-    return generation_config(settings, family_of_model(model).special_tokens(model.config), greedy)
+    return generation_config(settings, model_tokens(model), greedy)
 
 
 def decode_responses(tokenizer, batch: Seq2SeqBatch) -> tuple[list[str], list[int]]:
@@ -49,13 +54,15 @@ def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationCo
                      max_input_tokens: int, max_new_tokens: int, device: torch.device) -> Iterator[Seq2SeqBatch]:
     """`model.generate` over `prompts` in batches of `batch_size` (evaluation, SFT's ROUGE,
     detox-generate); `model` is a transformers model or a `Policy` (which generates in its
-    compute dtype). Yields each batch's `Seq2SeqBatch` (every generated column kept)."""
-    family = family_of_model(model)
+    compute dtype). Yields each batch's `Seq2SeqBatch` (every generated column kept);
+    max_new_tokens counts sampled tokens (a forced first token comes on top)."""
+    family, tokens = family_of_model(model), model_tokens(model)
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True,
                         max_length=max_input_tokens, return_tensors="pt").to(device)
-        sequences = model.generate(**enc, generation_config=gen, max_new_tokens=max_new_tokens)
-        yield family.to_batch(enc["input_ids"], enc["attention_mask"], sequences, gen.eos_token_id)
+        sequences = model.generate(**enc, generation_config=gen,
+                                   max_new_tokens=max_new_tokens + tokens.prefix_length - 1)
+        yield family.to_batch(enc["input_ids"], enc["attention_mask"], sequences, tokens)
 
 
 @torch.no_grad()
@@ -78,11 +85,11 @@ def sample_capped(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         encoded.last_hidden_state = encoded.last_hidden_state[inverse]
         states.append(encoded.last_hidden_state)
         pieces.append(policy.generate(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                                      generation_config=gen, max_new_tokens=int(caps[rows].max()),
-                                      encoder_outputs=encoded))
+                                      generation_config=gen, encoder_outputs=encoded,
+                                      max_new_tokens=int(caps[rows].max()) + policy.special_tokens.prefix_length - 1))
     width = max(p.shape[1] for p in pieces)
     sequences = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=gen.pad_token_id)
                            for p in pieces])
     caps_t = torch.as_tensor(caps, device=sequences.device)
-    batch = policy.family.to_batch(input_ids, attention_mask, sequences, gen.eos_token_id, caps_t, trim=True)
+    batch = policy.family.to_batch(input_ids, attention_mask, sequences, policy.special_tokens, caps_t, trim=True)
     return batch, torch.cat(states)

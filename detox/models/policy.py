@@ -62,6 +62,7 @@ class Policy(nn.Module):
         super().__init__()
         self.model = model
         self.family = family or family_of(model.config)
+        self.special_tokens: SpecialTokens = self.family.tokens(model)
         self.value_head = ValueHead(self.family.hidden_size(model.config))
         self.reference_mode = reference_mode
         self.reference_model = reference_model
@@ -81,10 +82,6 @@ class Policy(nn.Module):
     @property
     def config(self):
         return self.model.config
-
-    @property
-    def special_tokens(self) -> SpecialTokens:
-        return self.family.special_tokens(self.model.config)
 
     @property
     def eos_token_id(self) -> int | list[int]:
@@ -128,18 +125,19 @@ class Policy(nn.Module):
             return self.family.encode(self.model, input_ids, attention_mask)
 
     def forward(self, batch: Seq2SeqBatch, *, with_values: bool = True, detach_values: bool = False,
-                encoder_states: torch.Tensor | None = None, keep_hidden: bool = False) -> PolicyOutput:
+                encoder_states: torch.Tensor | None = None, keep_hidden: bool = False,
+                aux_loss: bool = False) -> PolicyOutput:
         """Logits, values and (with keep_hidden) the decoder's last hidden state of `batch`.
 
         encoder_states [B, S, H] (from `encode`, rows matching) skip the encoder.
         detach_values: the value loss then trains the head alone, not the (shared) decoder
-        under it."""
+        under it. aux_loss: also the family's auxiliary loss (None for most families)."""
         head = self.value_head if with_values else None
         call = self.compiled_call if self.compiled_call is not None and torch.is_grad_enabled() else None
         encoder_outputs = None if encoder_states is None else self.family.encoder_outputs(encoder_states)
         with self.autocast():
-            out = self.family.forward(self.model, batch, encoder_outputs=encoder_outputs, call=call,
-                                      keep_hidden=keep_hidden or head is not None)
+            out = self.family.forward(self.model, batch, self.special_tokens, encoder_outputs=encoder_outputs,
+                                      call=call, keep_hidden=keep_hidden or head is not None, aux_loss=aux_loss)
         values = None if head is None else head(out.hidden.detach() if detach_values else out.hidden)
         return PolicyOutput(self._tempered(out.logits), values, out.hidden if keep_hidden else None, out.aux_loss)
 
@@ -147,7 +145,7 @@ class Policy(nn.Module):
     def reference_logits(self, batch: Seq2SeqBatch) -> torch.Tensor:
         """The frozen reference's logits [B, T, V] for `batch`, at the sampling temperature."""
         with self.reference() as ref, self.autocast():
-            return self._tempered(self.family.forward(ref, batch).logits)
+            return self._tempered(self.family.forward(ref, batch, self.special_tokens).logits)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:

@@ -63,10 +63,10 @@ def row_chunks(n: int, size: int, device: torch.device) -> list[torch.Tensor]:
     return [torch.arange(i, min(i + size, n), device=device) for i in range(0, n, size)]
 
 
-def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = False) -> tuple[PolicyOutput,
-                                                                                                 torch.Tensor]:
+def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = False,
+                     aux_loss: bool = False) -> tuple[PolicyOutput, torch.Tensor]:
     """The policy's forward pass of `batch` and the per-token log-probs [b, T] of its responses."""
-    out = policy(batch, detach_values=detach_values)
+    out = policy(batch, detach_values=detach_values, aux_loss=aux_loss)
     return out, logprobs_from_logits(out.logits, batch.response_ids)
 
 

@@ -90,6 +90,11 @@ class PPOTrainer:
         if ppo.compile:
             policy.compile()
         self.update = PPOUpdate(ppo, seed, policy, self.optimizer, self.trainable, dist, device)
+        aux = policy.family.describe_aux_loss(policy.config)
+        if aux:
+            log.info("%s: %s %s", policy.family.name, aux,
+                     "join the PPO loss (ppo/loss/aux; ppo.aux_loss=false turns it off)" if ppo.aux_loss
+                     else "are off (ppo.aux_loss=false)")
         self.guard = DivergenceGuard(ppo)
         reset_peak_memory(device)
         self.step = 0

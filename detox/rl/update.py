@@ -18,7 +18,7 @@ from detox.models.policy import Policy
 from detox.rl.rollout import Rollout, forward_logprobs
 from detox.runtime.distributed import Distributed
 
-STATS = ("policy", "value", "approxkl", "clipfrac", "vf_clipfrac", "ratio")
+STATS = ("policy", "value", "aux", "approxkl", "clipfrac", "vf_clipfrac", "ratio")
 
 
 @dataclass
@@ -120,19 +120,24 @@ class PPOUpdate:
         """The loss of one micro-batch (policy + vf_coef x value [+ the KL term]); its
         statistics appended to `stats`."""
         cfg = self.ppo_cfg
+        aux = None
         if warmup and r.hidden is not None:
             # The policy does not move in a warm-up step: its log-probs are the rollout's (ratio
             # 1), and the value head trains on the rollout's hidden states; no model pass.
             logprobs, values = r.logprobs[rows], self.policy.value_head(r.hidden[rows])
         else:
-            out, logprobs = forward_logprobs(self.policy, r.batch.rows(rows), detach_values=warmup)
-            values = out.values
+            out, logprobs = forward_logprobs(self.policy, r.batch.rows(rows), detach_values=warmup,
+                                             aux_loss=cfg.aux_loss and not warmup)
+            values, aux = out.values, out.aux_loss
         mask = r.mask[rows]
         pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[rows], adv.advantages[rows], mask, cfg.cliprange)
         loss = 0.0 if warmup else pg_loss
         if cfg.kl.in_loss and adv.kl_coef > 0:  # GRPO's: coef x the estimator's KL to the reference, token mean
             kl_term = masked_mean(kl_penalty(logprobs, r.ref_logprobs[rows], cfg.kl.estimator.value), mask)
             loss = loss + adv.kl_coef * kl_term
+        if aux is not None:  # the family's (Switch Transformers' routers), its own coefficients
+            loss = loss + aux
+            stats["aux"].append(aux.detach())
         if values is not None:
             vf_loss, vf_stats = value_loss(values, r.values[rows], adv.returns[rows], mask, cfg.cliprange_value)
             loss = loss + cfg.vf_coef * vf_loss
@@ -150,6 +155,7 @@ class PPOUpdate:
         out = {
             "ppo/loss/policy": float(means["policy"].mean()),
             "ppo/loss/value": float(means["value"].mean()) if "value" in means else None,
+            "ppo/loss/aux": float(means["aux"].mean()) if "aux" in means else None,
             "ppo/policy/approxkl": float(means["approxkl"].mean()),
             "ppo/policy/clipfrac": float(means["clipfrac"].mean()),
             "ppo/policy/ratio_mean": float(means["ratio"].mean()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -73,8 +74,25 @@ def merged_model(policy, dtype: str):
     """The policy's model with its adapters merged into the weights, in `dtype`."""
     model = policy.model
     if hasattr(model, "merge_and_unload"):  # every active adapter: a frozen starting one too
-        model = model.merge_and_unload(adapter_names=list(model.active_adapters))
+        tied = model.config.tie_word_embeddings
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Input and output embeddings are no longer tied")
+            model = model.merge_and_unload(adapter_names=list(model.active_adapters))
+        # peft unties when the output embedding is not the INPUT one, which in T5Gemma it never is
+        # (it is the decoder's; the input one the encoder's): the export would then lose its head.
+        if tied and still_tied(model):
+            model.config.tie_word_embeddings = True
     return model.to(DTYPES[dtype])
+
+
+def still_tied(model) -> bool:
+    """Whether every weight the model ties (`_tied_weights_keys`: target -> source) still shares its
+    source's storage."""
+    pairs = getattr(model, "_tied_weights_keys", None)
+    if not isinstance(pairs, dict) or not pairs:
+        return False
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return all(t in params and s in params and params[t].data_ptr() == params[s].data_ptr() for t, s in pairs.items())
 
 
 def write_export(out: str, policy: Policy, tokenizer, info: dict, report: dict | None, prompts: int | None) -> list[str]:
@@ -83,7 +101,7 @@ def write_export(out: str, policy: Policy, tokenizer, info: dict, report: dict |
     config = info["config"]
     gen = generation_config(OmegaConf.create(config["generation"]), policy.special_tokens,
                             greedy=config["eval"]["decoding"] == "greedy")
-    gen.max_new_tokens = info["max_new_tokens"]
+    gen.max_new_tokens = info["max_new_tokens"] + policy.special_tokens.prefix_length - 1  # a forced first token
     with atomic_dir(out) as tmp:
         if info["adapter_only"]:
             policy.model.save_pretrained(tmp, selected_adapters=[TRAIN_ADAPTER])

@@ -37,7 +37,9 @@ def _training(config: dict, step: int, finished: bool) -> list[str]:
     controller = (f"adaptive, from {kl['init_coef']} toward {kl['target']} nats" if kl["controller"] == "adaptive"
                   else f"fixed at {kl['init_coef']}")
     if lora["enabled"]:
-        tuned = (f"LoRA r={lora['r']}, alpha={lora['alpha']} on {', '.join(lora['target_modules'])}"
+        targets = lora["target_modules"]
+        tuned = (f"LoRA r={lora['r']}, alpha={lora['alpha']} on "
+                 f"{targets if isinstance(targets, str) else ', '.join(targets)}"
                  + (" (rsLoRA)" if lora.get("use_rslora") else ""))
     else:
         tuned = "every weight (full fine-tuning)"

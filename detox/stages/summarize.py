@@ -103,6 +103,7 @@ class Source:
         family = family_of(config, f"{self.key}={self.path!r}")
         with friendly_load_error(self.key, self.path):
             model = family.auto_class.from_pretrained(self.path)
+        family.prepare(model)
         return model.to(device).eval()
 
     def models(self, compare: bool, device: torch.device) -> Iterator[tuple[str, torch.nn.Module]]:
