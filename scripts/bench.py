@@ -24,6 +24,8 @@ object. The first step of each side is warm-up and not counted.
 
 `--new-tokens N` makes every response exactly N tokens (EOS suppressed until then), so both
 sides and both commits do the same work; `--new-tokens MIN MAX` samples caps as a run does.
+`--size bart-large` / `--size t5gemma-2b` build bart-large-cnn's (406M) / t5gemma-2b-2b's (5.6B,
+in bf16) architecture instead (with `--no-raw`: the raw baseline is written for T5).
 `--size base` builds a T5 with flan-t5-base's architecture (248M parameters) from its config
 with random weights (nothing can be downloaded here), a synthetic 32128-piece tokenizer and a
 roberta-base-sized random classifier (`--reward tiny`: the shipped tiny one), saves them to a
@@ -52,7 +54,63 @@ PHASES = ("generate", "reward", "forward", "optimise")
 
 
 # ------------------------------------------------------------------------------ models and config
-def build_base_models(root: str, reward: str) -> dict[str, str]:
+def build_real_size(size: str, root: str, reward: str) -> dict[str, str]:
+    """A random policy of a real model's architecture, saved to `root` (and a reward classifier)."""
+    if size == "base":
+        return build_base_models(root, reward)
+    paths = {"policy": (build_bart_large if size == "bart-large" else build_t5gemma_2b)(root)}
+    if reward == "base":
+        paths["reward"] = build_base_models(root, reward, policy=False)["reward"]
+    return paths
+
+
+def build_bart_large(root: str) -> str:
+    """bart-large-cnn's architecture (406M): a byte-level tokenizer of its 50,265 ids, and its
+    generation config's forced <s> (the family's quirk detox keeps out of the response)."""
+    from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, RobertaTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}
+    for ch in bytes_to_unicode().values():
+        vocab.setdefault(ch, len(vocab))
+    while len(vocab) < 50264:
+        vocab[f"w{len(vocab)}"] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    config = BartConfig(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
+                        encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+                        decoder_ffn_dim=4096, max_position_embeddings=1024, bos_token_id=0, pad_token_id=1,
+                        eos_token_id=2, decoder_start_token_id=2)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+                                               forced_bos_token_id=0, num_beams=4, no_repeat_ngram_size=3)
+    path = os.path.join(root, "bart-large")
+    model.save_pretrained(path)
+    RobertaTokenizerFast(vocab=vocab, merges=[]).save_pretrained(path)
+    return path
+
+
+def build_t5gemma_2b(root: str) -> str:
+    """t5gemma-2b-2b's architecture (Gemma 2 2B encoder and decoder, about 5.6B parameters), built
+    and saved in bf16, and a unigram tokenizer of its 256,000 ids."""
+    from transformers import AutoModelForSeq2SeqLM, T5GemmaConfig, T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz#.,:"]
+    pieces += [(f"\u2581w{i}", -10.0) for i in range(256000 - len(pieces))]
+    module = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=256, pad_token_id=0, eos_token_id=1,
+                  bos_token_id=2)
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(T5GemmaConfig(encoder=module, decoder=module, vocab_size=256000),
+                                              dtype=torch.bfloat16)
+    path = os.path.join(root, "t5gemma-2b")
+    model.save_pretrained(path)
+    T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(path)
+    return path
+
+
+def build_base_models(root: str, reward: str, policy: bool = True) -> dict[str, str]:
     from transformers import (
         RobertaConfig,
         RobertaForSequenceClassification,
@@ -66,15 +124,16 @@ def build_base_models(root: str, reward: str) -> dict[str, str]:
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     pieces += [("\u2581" + c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz#.,:"]
     pieces += [(f"\u2581w{i}", -10.0) for i in range(32128 - len(pieces))]
+    paths = {}
     tok = T5Tokenizer(vocab=pieces, extra_ids=0)
     config = T5Config(vocab_size=32128, d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_heads=12,
                       feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0,
                       eos_token_id=1, decoder_start_token_id=0)
     torch.manual_seed(0)
-    policy = os.path.join(root, "t5-base")
-    T5ForConditionalGeneration(config).save_pretrained(policy)
-    tok.save_pretrained(policy)
-    paths = {"policy": policy}
+    if policy:
+        paths["policy"] = os.path.join(root, "t5-base")
+        T5ForConditionalGeneration(config).save_pretrained(paths["policy"])
+        tok.save_pretrained(paths["policy"])
     if reward == "base":
         vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}
         for ch in bytes_to_unicode().values():
@@ -95,7 +154,8 @@ def overrides_for(args, paths: dict[str, str]) -> list[str]:
            f"ppo.steps={args.steps + 1}", f"ppo.batch_size={args.batch}", f"ppo.mini_batch_size={args.mini_batch}",
            f"ppo.ppo_epochs={args.epochs}", "ppo.value_warmup_steps=0", "eval.enabled=false"]
     if "policy" in paths:
-        out += [f"policy.name_or_path={paths['policy']}", "lora.r=32", "lora.alpha=32", "lora.target_modules=[q,v]"]
+        modules = "[q,v]" if args.size == "base" else "all-linear"  # the recipe's modules; any family's
+        out += [f"policy.name_or_path={paths['policy']}", "lora.r=32", "lora.alpha=32", f"lora.target_modules={modules}"]
     if "reward" in paths:
         out += [f"reward.name_or_path={paths['reward']}"]
     low, high = (args.new_tokens[0], args.new_tokens[0] + 1) if len(args.new_tokens) == 1 else args.new_tokens
@@ -382,8 +442,10 @@ def table(title: str, columns: dict[str, dict[str, float]], ratios: dict[str, tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=["tiny", "base"], default="tiny")
-    ap.add_argument("--reward", choices=["tiny", "base"], default="base", help="with --size base")
+    ap.add_argument("--size", choices=["tiny", "base", "bart-large", "t5gemma-2b"], default="tiny",
+                    help="tiny: the quickstart's models; the others: random models of flan-t5-base's, "
+                         "bart-large-cnn's or t5gemma-2b-2b's architecture")
+    ap.add_argument("--reward", choices=["tiny", "base"], default="base", help="with a real --size")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side (plus one warm-up step)")
@@ -414,7 +476,9 @@ def main() -> None:
         ap.error("--new-tokens takes N (exactly N tokens) or MIN MAX")
 
     tmp = tempfile.mkdtemp(prefix="detox-bench-")
-    paths = build_base_models(tmp, args.reward) if args.size == "base" else {}
+    if args.size in ("bart-large", "t5gemma-2b") and args.raw:
+        ap.error("the raw baseline is written for T5: pass --no-raw with --size bart-large / t5gemma-2b")
+    paths = build_real_size(args.size, tmp, args.reward) if args.size != "tiny" else {}
     overrides = [f"output_dir={tmp}/run", *overrides_for(args, paths)]
     report = {"machine": machine(args), "size": args.size, "device": args.device, "dtype": args.dtype,
               "batch": args.batch, "mini_batch": args.mini_batch, "epochs": args.epochs,

@@ -203,3 +203,17 @@ def test_every_family_trains_exports_and_generates(name, family_models, tiny_ove
     assert detox_generate([str(run_dir), str(dialogues), "--compare"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and all({"summary", "start_summary"} <= set(r) for r in rows)
+
+
+@pytest.mark.parametrize("config_name,why", [
+    ("ProphetNetConfig", "predicts several future tokens at once"),
+    ("NllbMoeConfig", "the PPO ratio would not start at 1"),
+    ("BertConfig", "not an encoder-decoder"),
+])
+def test_a_family_detox_cannot_train_is_refused_from_its_config_alone(config_name, why, tiny_overrides, tmp_path):
+    import transformers
+
+    getattr(transformers, config_name)().save_pretrained(tmp_path)  # a config, no weights at all
+    cfg = make_cfg([*tiny_overrides, f"policy.name_or_path={tmp_path}"])
+    with pytest.raises(LoadError, match=why):
+        check_policy(cfg.policy)

@@ -232,10 +232,31 @@ def register_family(*model_types: str):
     return register
 
 
+# Seq2seq LMs transformers ships that detox cannot train, and why: refused before weights load.
+_NO_HIDDEN_STATE = "returns vocabulary logits from its decoder module, not a hidden state the value head could read"
+UNSUPPORTED = {
+    "prophetnet": "predicts several future tokens at once (n-gram streams), not one next-token distribution to sample "
+                  "from and score",
+    "xlm-prophetnet": "predicts several future tokens at once (n-gram streams), not one next-token distribution to "
+                      "sample from and score",
+    "nllb-moe": "shares its routers' expert capacity among all the tokens of a batch, so a token's log-prob depends on "
+                "the other responses of its mini-batch (the PPO ratio would not start at 1)",
+    "fsmt": _NO_HIDDEN_STATE,
+    "encoder-decoder": _NO_HIDDEN_STATE + " (its decoder is a whole language model)",
+    **{t: "reads audio (a speech model): detox summarizes text" for t in (
+        "seamless_m4t", "seamless_m4t_v2", "audioflamingo3", "musicflamingo", "glmasr", "granite_speech",
+        "granite_speech_plus", "moss_transcribe_diarize", "nemo_speechlm", "omniasr", "qwen2_audio", "qwen3_asr",
+        "vibevoice_asr", "voxtral", "voxtral_realtime")},
+}
+
+
 def family_of(config, subject: str = "the model") -> Seq2SeqFamily:
     """The adapter for a model of this config: its registered family, else the generic one;
     LoadError (one line, about `subject`) when neither can run it."""
-    family = FAMILIES.get(getattr(config, "model_type", None), GENERIC)
+    model_type = getattr(config, "model_type", None)
+    if model_type in UNSUPPORTED:
+        raise LoadError(f"{subject} is a {model_type!r} model, which detox cannot train: it {UNSUPPORTED[model_type]}.")
+    family = FAMILIES.get(model_type, GENERIC)
     try:
         family.check(config)
     except LoadError as e:
