@@ -67,7 +67,12 @@ def build_real_size(size: str, root: str, reward: str) -> dict[str, str]:
 def build_bart_large(root: str) -> str:
     """bart-large-cnn's architecture (406M): a byte-level tokenizer of its 50,265 ids, and its
     generation config's forced <s> (the family's quirk detox keeps out of the response)."""
-    from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, RobertaTokenizerFast
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        GenerationConfig,
+        RobertaTokenizerFast,
+    )
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}

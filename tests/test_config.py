@@ -48,6 +48,17 @@ def test_lab3_pins_the_recipe():
     assert cfg.ppo.kl.controller == "adaptive" and cfg.ppo.kl.init_coef == 0.2 and cfg.ppo.kl.target == 6
     assert (cfg.generation.max_new_tokens_min, cfg.generation.max_new_tokens_max) == (100, 400)
     assert cfg.generation.top_k == 0 and cfg.generation.min_length == 5
+    assert list(cfg.lora.target_modules) == ["q", "v"]  # the recipe's adapter; the lora group's default is all-linear
+
+
+@pytest.mark.parametrize("preset,template", [
+    ("bart_large_cnn", "{dialogue}"), ("pegasus_xsum", "{dialogue}"), ("mt5_base", "summarize: {dialogue}"),
+    ("flan_t5_xl", "\nSummarize the following conversation.\n\n{dialogue}\n\nSummary:\n"),
+])
+def test_a_policy_preset_brings_its_models_prompt_unless_the_command_line_sets_one(preset, template):
+    assert make_cfg([f"policy={preset}", "data=bundled"]).data.prompt_template == template
+    assert make_cfg([f"policy={preset}", "data.prompt_template='Sum up: {dialogue}'"]).data.prompt_template == \
+        "Sum up: {dialogue}"
 
 
 def test_quickstart_points_at_shipped_assets():
