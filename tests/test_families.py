@@ -31,6 +31,7 @@ from detox.stages.assemble import assemble, build_trainer
 from detox.stages.common import starting_policy
 from detox.stages.dispatch import run_stage
 from detox.stages.ppo import run_ppo
+from detox.stages.sft import run_sft
 
 
 class TowerFamily(Seq2SeqFamily):
@@ -169,7 +170,7 @@ def test_all_linear_is_the_default_and_a_named_module_the_model_lacks_is_still_o
 @pytest.mark.parametrize("name", MATRIX)
 def test_every_family_trains_exports_and_generates(name, family_models, tiny_overrides, tmp_path, capsys):
     """PPO with evaluation, RLOO, export (reloaded by plain transformers: the run policy's greedy
-    tokens) and detox-generate, for each family."""
+    tokens), detox-generate and stage=sft, for each family."""
     path = family_models(name)
     base = family_overrides(tiny_overrides, path, "eval.num_samples=4", "eval.val_samples=4")
     run_dir = tmp_path / "ppo"
@@ -203,6 +204,11 @@ def test_every_family_trains_exports_and_generates(name, family_models, tiny_ove
     assert detox_generate([str(run_dir), str(dialogues), "--compare"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and all({"summary", "start_summary"} <= set(r) for r in rows)
+
+    sft = make_cfg([*base, "stage=sft", "sft.max_steps=2", "sft.batch_size=4", "sft.eval_samples=2",
+                    "sft.eval_max_new_tokens=4", "sft.logging_steps=1"], output_dir=str(tmp_path / "sft"))
+    run_sft(sft)
+    assert json.loads((tmp_path / "sft" / "results.json").read_text())["train"]["steps"] == 2
 
 
 @pytest.mark.parametrize("config_name,why", [
