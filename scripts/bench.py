@@ -195,9 +195,12 @@ class RawBaseline:
         policy = trainer.policy
         self.model, self.head, self.tokenizer, self.gen_config = policy.model, policy.value_head, trainer.tokenizer, \
             trainer.gen_config
-        # a transformers classifier with .model and .tokenizer (inside the reward's component since the layout step)
-        component = getattr(trainer.reward, "component", trainer.reward)
+        # a transformers classifier with .model and .tokenizer: the reward's first component's (older commits:
+        # the reward itself)
+        components = getattr(trainer.reward, "components", None)
+        component = next(iter(components.values())) if components else trainer.reward
         self.reward = getattr(component, "model", component)
+        self.reward_input = str(getattr(component, "input", None) or cfg.reward.input)
         self.reference_copy = policy.reference_model if policy.reference_mode == "copy" else None
         config = self.model.config
         tied = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False))
@@ -237,7 +240,7 @@ class RawBaseline:
 
         t0 = time.perf_counter()
         with torch.no_grad():
-            texts = ([p + s for p, s in zip(r.prompts, r.responses)] if self.cfg.reward.input == "prompt_response"
+            texts = ([p + s for p, s in zip(r.prompts, r.responses)] if self.reward_input == "prompt_response"
                      else r.responses)
             batch = self.reward.tokenizer(texts, padding=True, truncation=True, max_length=self.reward.max_length,
                                           return_tensors="pt").to(self.reward.device)

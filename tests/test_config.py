@@ -34,15 +34,15 @@ def test_groups_are_all_present():
 def test_default_is_the_real_recipe():
     cfg = make_cfg()
     assert cfg.policy.name_or_path == "google/flan-t5-base"
-    assert cfg.reward.name_or_path == "facebook/roberta-hate-speech-dynabench-r4-target"
-    assert cfg.reward.label == "nothate"
+    assert cfg.reward.components.toxicity.name_or_path == "facebook/roberta-hate-speech-dynabench-r4-target"
+    assert cfg.reward.components.toxicity.label == "nothate" and list(cfg.reward.components) == ["toxicity"]
     assert cfg.data.name_or_path == "knkarthick/dialogsum"
     assert cfg.policy.adapter is None and cfg.lora.enabled
 
 
 def test_lab3_pins_the_recipe():
     cfg = make_cfg(["experiment=lab3"])
-    assert cfg.reward.input == "prompt_response" and cfg.reward.kind == "logit"
+    assert cfg.reward.components.toxicity.input == "prompt_response" and cfg.reward.components.toxicity.kind == "logit"
     assert cfg.data.shuffle is False and cfg.data.test_size == 0.2 and cfg.data.split_seed == 42
     assert (cfg.ppo.learning_rate, cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.steps) == (1.41e-5, 16, 4, 10)
     assert cfg.ppo.kl.controller == "adaptive" and cfg.ppo.kl.init_coef == 0.2 and cfg.ppo.kl.target == 6
@@ -64,7 +64,7 @@ def test_a_policy_preset_brings_its_models_prompt_unless_the_command_line_sets_o
 def test_quickstart_points_at_shipped_assets():
     cfg = make_cfg(["experiment=quickstart"])
     assert os.path.isfile(cfg.data.name_or_path)
-    for path in (cfg.policy.name_or_path, cfg.reward.name_or_path):
+    for path in (cfg.policy.name_or_path, cfg.reward.components.toxicity.name_or_path):
         assert os.path.isfile(os.path.join(path, "config.json")), path
 
 
@@ -113,7 +113,7 @@ def test_cli_help_and_cfg_job(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0
     job = OmegaConf.create(out.stdout)
-    assert job.reward.input == "prompt_response" and job.data.shuffle is False
+    assert job.reward.components.toxicity.input == "prompt_response" and job.data.shuffle is False
 
 
 @pytest.mark.parametrize("override,message", [

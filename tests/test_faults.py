@@ -156,7 +156,7 @@ def test_submitit_preemption_checkpoints_first_then_requeues_and_resumes(tiny_ov
 def nan_reward(monkeypatch, bad) -> str:
     """A reward component that returns NaN for the calls numbered in `bad`: its override."""
     monkeypatch.setattr(NaNClassifier, "bad", bad)
-    return "reward._target_=tiny_models.NaNClassifier"
+    return "reward.components.toxicity._target_=tiny_models.NaNClassifier"
 
 
 def test_a_nan_reward_batch_is_skipped_and_counted(base, tmp_path, monkeypatch, caplog):

@@ -312,3 +312,21 @@ def save_tiny_family(family: str, path: str, seed: int = 0, forced_bos: bool = F
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# ------------------------------------------------------------------------------ reward components of tests
+def mentions_column(prompts, responses, *, column="topic", **columns):
+    """1 where a response mentions its row's value of the dataset column `column`, else 0."""
+    return [float(str(value).lower() in r.lower()) for r, value in zip(responses, columns[column])]
+
+
+def two_scores(prompts, responses, **columns):
+    return [0.0, 1.0]
+
+
+def words(prompts, responses, **columns):
+    return ["good"] * len(responses)
+
+
+def nan_scores(prompts, responses, **columns):
+    return [float("nan")] * len(responses)

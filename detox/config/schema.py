@@ -45,7 +45,10 @@ Dtype = _choices("Dtype", ["float32", "bfloat16", "float16"])
 LoraTrain = _choices("LoraTrain", ["new", "continue"])
 RewardBackend = _choices("RewardBackend", ["hf", "profanity"])
 RewardKind = _choices("RewardKind", ["logit", "prob", "logodds"])
-RewardInput = _choices("RewardInput", ["response", "prompt_response"])
+# response: the response alone; prompt_response: prompt + response as one text; pair: the dialogue
+# as the text and the response as the text pair (cross-encoders, NLI classifiers)
+RewardInput = _choices("RewardInput", ["response", "prompt_response", "pair"])
+Aggregate = _choices("Aggregate", ["sum", "min", "mean"])
 KLControllerKind = _choices("KLControllerKind", ["fixed", "adaptive"])
 Decoding = _choices("Decoding", ["sampled", "greedy"])
 # transformers' KV cache for sampling: dynamic (the default) or static (preallocated; same samples)
@@ -83,24 +86,39 @@ class LoraSettings:
 
 @dataclass
 class RewardSettings:
-    """The reward: one component built by `hydra.utils.instantiate` from this node (the keys
-    from `_target_` to `device`), and `clip`, which bounds what it returns."""
+    """The reward: named components, each built by `hydra.utils.instantiate` from its node under
+    `components` (`_target_`, default the shipped classifier, and that class's settings), their
+    weighted scores aggregated, and the aggregate bounded by `clip`.
 
-    _target_: str = "detox.models.rewards.Classifier"
-    backend: RewardBackend = RewardBackend.hf
+    A component node also holds what the reward does with the component's score: `weight` (1 by
+    default) and `normalize` (a running mean and std per component, for scores on other scales).
+    The other keys here are today's shorthand for the sole component: `reward.name_or_path=...`
+    sets `reward.components.<the one>.name_or_path` (refused when there are several)."""
+
+    components: Dict[str, Any] = field(default_factory=dict)
+    aggregate: Aggregate = Aggregate.sum  # sum | min | mean of the weighted scores
+    clip: Optional[float] = None  # bound the aggregate to [-clip, clip] (old TRL's score_clip); null: no bound
+    # Shorthand for the sole component (null: not given).
+    backend: Optional[RewardBackend] = None
     name_or_path: Optional[str] = None
     revision: Optional[str] = None
-    label: str = "nothate"  # the class whose score is the reward, resolved via id2label
-    kind: RewardKind = RewardKind.logit
-    input: RewardInput = RewardInput.response
-    batch_size: int = 16
-    max_length: int = 512
-    device: Optional[str] = None  # null: the policy's device
-    clip: Optional[float] = None  # bound the score to [-clip, clip] (old TRL's score_clip); null: no bound
+    label: Optional[str] = None
+    kind: Optional[RewardKind] = None
+    input: Optional[RewardInput] = None
+    batch_size: Optional[int] = None
+    max_length: Optional[int] = None
+    device: Optional[str] = None
 
 
-# The keys of `reward` that belong to the reward as a whole, not to the component it builds.
-REWARD_KEYS = ("clip",)
+# The component class a node without `_target_` builds, the keys of a component node that are the
+# reward's (not passed to the component), and the shorthand keys of `reward`.
+CLASSIFIER = "detox.models.rewards.Classifier"
+REWARD_KEYS = ("weight", "normalize")
+REWARD_SHORTHAND = ("backend", "name_or_path", "revision", "label", "kind", "input", "batch_size", "max_length",
+                    "device")
+# The judges `eval.judges` names without a component of that name (detox/models/judges.py): a
+# reward component may not take one of these names, since every component can be a judge too.
+BUILT_IN_JUDGES = ("reward", "reward_on_prompt", "profanity")
 
 
 @dataclass

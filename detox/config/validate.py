@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import string
 from typing import Any
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detox.algo.advantages import ADVANTAGE_ESTIMATORS
 from detox.config import schema
-from detox.config.schema import ALL_LINEAR, Config, Stage
+from detox.config.schema import (
+    ALL_LINEAR,
+    BUILT_IN_JUDGES,
+    CLASSIFIER,
+    REWARD_KEYS,
+    REWARD_SHORTHAND,
+    Config,
+    RewardBackend,
+    RewardInput,
+    RewardKind,
+    Stage,
+)
 from detox.core.errors import ConfigError
 from detox.core.overrides import hydra_overrides, override_key, under
 
 # > 0
 POSITIVE = ("ppo.steps", "ppo.batch_size", "ppo.mini_batch_size", "ppo.ppo_epochs", "ppo.learning_rate",
             "ppo.gradient_accumulation_steps", "ppo.kl.target", "ppo.kl.horizon", "ppo.guard.max_consecutive_skips",
-            "ppo.guard.patience", "ppo.samples_per_prompt", "reward.batch_size", "reward.max_length",
-            "data.max_input_tokens", "data.max_chars", "generation.max_new_tokens_min",
+            "ppo.guard.patience", "ppo.samples_per_prompt", "data.max_input_tokens", "data.max_chars", "generation.max_new_tokens_min",
             "generation.max_new_tokens_max", "generation.temperature", "lora.r", "eval.num_samples",
             "eval.val_samples", "eval.batch_size", "sft.epochs", "sft.learning_rate", "sft.batch_size",
             "sft.gradient_accumulation_steps", "sft.max_target_tokens", "sft.logging_steps", "sft.eval_batch_size",
@@ -58,13 +70,19 @@ DIVISIBLE = (("ppo.batch_size", "ppo.mini_batch_size", "each PPO epoch splits th
 # Settings only a value head (a critic) uses: refused with a critic-free estimator when given.
 VALUE_ONLY_KEYS = ("ppo.vf_coef", "ppo.cliprange_value", "ppo.value_learning_rate", "ppo.value_warmup_steps",
                    "ppo.lam")
-# Nodes whose keys are free (each tracker's settings are its class's).
-OPEN_NODES = ("logger.trackers",)
+# Nodes whose keys are free (each tracker's and reward component's settings are its class's).
+OPEN_NODES = ("logger.trackers", "reward.components")
+# What a shipped classifier component's node may hold, and its choices.
+CLASSIFIER_KEYS = ("_target_", *REWARD_KEYS, *REWARD_SHORTHAND)
+CLASSIFIER_CHOICES = {"backend": RewardBackend, "kind": RewardKind, "input": RewardInput}
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every check of this module; ConfigError naming the key and the fix."""
+    """Every check of this module; ConfigError naming the key and the fix. It also folds the
+    reward's shorthand keys into its sole component (`fold_reward_shorthand`)."""
+    fold_reward_shorthand(cfg.reward)
     check_known_keys(cfg)
+    check_reward(cfg.reward)
     check_ranges(cfg)
     check_sizes(cfg)
     check_estimator(cfg)
@@ -180,8 +198,6 @@ def check_combinations(cfg: DictConfig) -> None:
                           f"lora.target_modules={ALL_LINEAR} (every linear layer but the head) or e.g. [q,v].")
     if str(cfg.resume).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"resume={cfg.resume!r} is unknown: use auto, true or false.")
-    if cfg.reward.backend == "hf" and not cfg.reward.name_or_path:
-        raise ConfigError("reward.name_or_path is required with reward.backend=hf.")
     if not cfg.lora.enabled and cfg.policy.adapter and cfg.lora.train == "new":
         raise ConfigError("lora.enabled=false (full fine-tuning) with a starting policy.adapter: the adapter "
                           "would be merged and then nothing trains it as an adapter. Use lora.enabled=true.")
@@ -207,3 +223,87 @@ def check_stage(cfg: DictConfig) -> None:
     if stage == Stage.generate and not (cfg.generate.model or cfg.run_dir):
         raise ConfigError("stage=generate needs the model to summarize with: run_dir=<a run dir>, or "
                           "generate.model=<a run dir, an export folder, or a seq2seq model path / hub id>.")
+
+
+# ------------------------------------------------------------------------------------ the reward
+def fold_reward_shorthand(reward: DictConfig) -> None:
+    """`reward.name_or_path=...` and the other shorthand keys set the sole component's (a config
+    from before components: a component `toxicity` made of them); with several components they are
+    refused. Folded keys are reset to null, so folding twice changes nothing."""
+    given = {k: reward[k] for k in REWARD_SHORTHAND if reward[k] is not None}
+    if not given:
+        return
+    components = reward.components
+    if not components:
+        components["toxicity"] = {"_target_": CLASSIFIER}
+    if len(components) > 1:
+        keys = ", ".join(f"reward.{k}" for k in given)
+        raise ConfigError(f"{keys} set the reward's sole component, and it has {len(components)} "
+                          f"({', '.join(components)}): set reward.components.<name>.{next(iter(given))} instead.")
+    (name,) = components
+    for key, value in given.items():
+        OmegaConf.update(components[name], key, value, force_add=True)
+        reward[key] = None
+
+
+def check_reward(reward: DictConfig) -> None:
+    if not reward.components:
+        raise ConfigError("reward.components is empty: the reward needs a component (e.g. reward=tiny, or "
+                          "++reward.components.<name>._target_=<module.function>).")
+    for name, node in reward.components.items():
+        key = f"reward.components.{name}"
+        if name in BUILT_IN_JUDGES:
+            raise ConfigError(f"{key}: `{name}` is a built-in judge's name (every component can be a judge by its "
+                              f"name, so it must differ from {', '.join(BUILT_IN_JUDGES)}); rename the component.")
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"{key} must be a node of settings (with `_target_`), not {node!r}.")
+        weight = node.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
+            raise ConfigError(f"{key}.weight={weight!r} is not a number: give the component's weight, e.g. {key}.weight=0.5.")
+        if not isinstance(node.get("normalize", False), bool):
+            raise ConfigError(f"{key}.normalize={node.normalize!r} is not true or false.")
+        if node.get("_target_", CLASSIFIER) == CLASSIFIER:
+            check_classifier_node(node, key)
+        else:
+            check_component_target(node, key)
+
+
+def check_classifier_node(node: DictConfig, key: str) -> None:
+    unknown = [k for k in node if k not in CLASSIFIER_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], CLASSIFIER_KEYS, n=1)
+        raise ConfigError(f"{key}.{unknown[0]} is not a setting of a classifier component"
+                          + (f"; did you mean {key}.{close[0]}?" if close else f" ({', '.join(CLASSIFIER_KEYS)})."))
+    for name, choices in CLASSIFIER_CHOICES.items():
+        value = node.get(name)
+        if value is not None and str(value) not in {c.value for c in choices}:
+            raise ConfigError(f"{key}.{name}={value!r} is unknown: use one of {[c.value for c in choices]}.")
+    if str(node.get("backend", "hf")) == "profanity" and str(node.get("input", "response")) == "pair":
+        raise ConfigError(f"{key}.input=pair needs a classifier that reads two texts (backend hf); "
+                          "alt-profanity-check reads one.")
+    if str(node.get("backend", "hf")) == "hf" and not node.get("name_or_path"):
+        raise ConfigError(f"{key}.name_or_path is required for a classifier with backend hf (a hub id or a folder).")
+    for name in ("batch_size", "max_length"):
+        if node.get(name) is not None and node[name] <= 0:
+            _fail(f"{key}.{name}", node[name], "it must be > 0")
+    check_device(f"{key}.device", node.get("device"))
+
+
+def check_component_target(node: DictConfig, key: str) -> None:
+    """A `_target_` must import, and take the node's settings (unless it takes **kwargs)."""
+    try:
+        target = get_object(str(node._target_))
+    except Exception as e:  # ImportError, AttributeError, ValueError: Hydra's _locate raises all of them
+        raise ConfigError(f"{key}._target_={node._target_!r} cannot be imported ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]}); name an importable class or function (module.path.Name).")
+    settings = [k for k in node if k != "_target_" and k not in REWARD_KEYS]
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [k for k in settings if k not in parameters]
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]} is not a parameter of {node._target_} (it takes "
+                          f"{', '.join(parameters) or 'none'}); drop it or fix its name.")

@@ -16,8 +16,8 @@ class MissingPackage(DetoxError, ImportError):
     """A node's class needs a package that is not installed."""
 
 
-def build(node: Any, key: str, *args, **kwargs) -> Any:
-    """instantiate(node, *args, **kwargs); `key`: the node's config key, for messages. A
+def build(node: Any, where: str, *args, **kwargs) -> Any:
+    """instantiate(node, *args, **kwargs); `where`: the node's config key, for messages. A
     `_target_` that does not import is a ConfigError; a DetoxError raised by the target is
     raised as it is; a package the target needs but cannot import is `MissingPackage`."""
     try:
@@ -28,8 +28,8 @@ def build(node: Any, key: str, *args, **kwargs) -> Any:
             raise cause from None
         target = node.get("_target_") if hasattr(node, "get") else None
         if str(e).startswith("Error locating target"):
-            raise ConfigError(f"{key}._target_={target!r} cannot be imported ({cause}); name an importable class "
+            raise ConfigError(f"{where}._target_={target!r} cannot be imported ({cause}); name an importable class "
                               "or function (module.path.Name).") from e
         if isinstance(cause, ImportError):
-            raise MissingPackage(f"{key} ({target}) needs a package that is not installed: {cause}.") from e
+            raise MissingPackage(f"{where} ({target}) needs a package that is not installed: {cause}.") from e
         raise

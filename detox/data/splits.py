@@ -132,3 +132,14 @@ def load_splits(cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> Dataset
     if len(splits["train"]) == 0:
         raise DataError(f"the train split of {cfg.name_or_path!r} is empty; lower data.test_size/val_size.")
     return splits
+
+
+def row_columns(rows: Dataset, cfg: DictConfig) -> dict[str, list]:
+    """Dataset rows' columns as lists, for the reward components and judges that read them, with
+    the dialogue and the reference summary also under `dialogue` and `summary` whatever the data
+    calls them. `cfg` is the `data` config node."""
+    columns = {name: list(rows[name]) for name in rows.column_names}
+    for alias, column in (("dialogue", cfg.dialogue_column), ("summary", cfg.summary_column)):
+        if column in columns:
+            columns.setdefault(alias, columns[column])
+    return columns

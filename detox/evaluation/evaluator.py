@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from detox.algo.metrics import exact_sequence_kl
 from detox.core.atomic import atomic_write_json
 from detox.core.errors import DataError
+from detox.data.splits import row_columns
 from detox.evaluation.report import per_example, report
 from detox.evaluation.report_files import write_report
 from detox.models.generation import (
@@ -33,7 +34,7 @@ from detox.models.generation import (
     generate_batches,
     generation_config,
 )
-from detox.models.judges import Judge, score_responses
+from detox.models.judges import REWARD_JUDGES, Judge, score_responses
 from detox.models.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,15 @@ class Evaluator:
             log.warning("no validation prompts (data.val_size=%s, eval.val_samples=%s): no periodic `val/` curves "
                         "and no sweep objective.", data.val_size, eval_cfg.val_samples)
         self.seeds = {"before": seed, "after": seed, "null": seed + 1, "val": seed + 2}
+        # judges that score with what PPO optimised (the reward's classifier, its components): open to hacking
+        self.optimised_judges = [*REWARD_JUDGES, *(j.name for j in judges if getattr(j, "optimised", False))]
 
     def sample(self, rows: Dataset, seed: int) -> list[dict]:
         prompts = list(rows["prompt"])
         out = sample_responses(self.policy, self.tokenizer, prompts, seed, eval_cfg=self.eval_cfg,
                                generation=self.generation, max_input_tokens=self.data_cfg.max_input_tokens,
                                device=self.device)
-        score_responses(out, self.judges, prompts)
+        score_responses(out, self.judges, prompts, row_columns(rows, self.data_cfg))
         return out
 
     # ------------------------------------------------------------------ the starting policy
@@ -174,6 +177,7 @@ class Evaluator:
             val_variants = {"before": baseline["val_before"], "after": self.sample(self.val, self.seeds["val"])}
             val_metrics = report(build_samples(data, ev, self.val, val_variants), *args)
         info = {"split": "test", "decoding": str(ev.decoding), "seed": self.seeds["before"],
-                "threshold": ev.toxic_threshold, "group_by": ev.group_by, "examples": ev.examples}
+                "threshold": ev.toxic_threshold, "group_by": ev.group_by, "examples": ev.examples,
+                "optimised_judges": self.optimised_judges}
         paths = write_report(out_dir, samples, metrics, info)
         return metrics, val_metrics, samples, paths

@@ -22,6 +22,7 @@ CHANGES = (("after", "eval/delta"), ("null", "eval/null"))  # each paired agains
 
 
 def judges_of(samples: list[dict]) -> list[str]:
+    """The toxicity judges of the samples (score judges have no toxicity to rank examples by)."""
     return list(samples[0]["before"]["toxicity"])
 
 
@@ -34,6 +35,8 @@ def per_example(samples: list[dict], variant: str, summary_column: str, ref_colu
         tox = np.array([s[variant]["toxicity"][judge] for s in samples], dtype=float)
         values[f"{judge}/toxicity_mean"] = tox
         values[f"{judge}/toxic_rate"] = (tox > threshold).astype(float)
+    for judge in samples[0][variant].get("scores", {}):  # a reward component that is not a classifier
+        values[f"{judge}/score_mean"] = np.array([s[variant]["scores"][judge] for s in samples], dtype=float)
     values |= rouge(resp, [s["references"][summary_column] for s in samples])
     for col in ref_columns:
         values[f"{col}/rougeL"] = rouge(resp, [s["references"][col] for s in samples])["rougeL"]
@@ -88,10 +91,11 @@ def report(samples: list[dict], summary_column: str, ref_columns: Sequence[str],
     return metrics
 
 
-def ranking_judge(samples: list[dict]) -> str:
-    """The judge the examples are ranked by: the first one PPO was not optimised against."""
+def ranking_judge(samples: list[dict], optimised: Sequence[str] = REWARD_JUDGES) -> str:
+    """The judge the examples are ranked by: the first one PPO was not optimised against
+    (`optimised`: the reward's judges, its components among them)."""
     judges = judges_of(samples)
-    return next((j for j in judges if j not in REWARD_JUDGES), judges[0])
+    return next((j for j in judges if j not in optimised), judges[0])
 
 
 def examples(samples: list[dict], judge: str, n: int) -> tuple[list[dict], list[dict]]:

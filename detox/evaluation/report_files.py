@@ -10,7 +10,7 @@ import numpy as np
 from detox.core.atomic import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from detox.evaluation.plots import plot_histograms
 from detox.evaluation.report import example_rows, groups, judges_of, ranking_judge
-from detox.models.judges import REWARD_ON_PROMPT
+from detox.models.judges import REWARD_JUDGES, REWARD_ON_PROMPT
 
 REPORT_FILES = ("samples.jsonl", "report.json", "report.md", "toxicity_hist.png")
 
@@ -80,7 +80,7 @@ def markdown(metrics: dict[str, float], samples: list[dict], info: dict) -> str:
         prefix = f"eval/{group_by}={value}/"
         lines += ["", f"## {group_by}={value} ({n} prompts)", "", *verdicts(metrics, judges, prefix), "",
                   *table(metrics, prefix)]
-    judge = ranking_judge(samples)
+    judge = ranking_judge(samples, info.get("optimised_judges", REWARD_JUDGES))
     rows = example_rows(samples, judge, info.get("examples", 5))
     for kind, title in (("drop", "Largest toxicity drops"), ("rise", "Largest toxicity rises")):
         chosen = [r for r in rows if r["kind"] == kind]

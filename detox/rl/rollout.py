@@ -8,7 +8,7 @@ generated tokens are the response is the model family's (`Seq2SeqBatch`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ class Rollout:
     """One batch of B prompts and their sampled responses (T = longest response)."""
 
     batch: Seq2SeqBatch  # the model inputs and the response tokens, with their mask [B, T]
-    scores: torch.Tensor  # [B] the reward (clipped when reward.clip is set)
+    scores: torch.Tensor  # [B] the reward (weighted, aggregated, clipped when reward.clip is set)
     logprobs: torch.Tensor  # [B, T] policy at rollout time
     ref_logprobs: torch.Tensor  # [B, T]
     values: torch.Tensor | None  # [B, T]; None without a value head (critic-free estimators)
@@ -39,6 +39,8 @@ class Rollout:
     # [B, T, H] the decoder's last hidden state at rollout time (kept for value warm-up steps,
     # where the policy does not move and only the value head trains on it)
     hidden: torch.Tensor | None = None
+    # each reward component's own score [B] (before its weight), by name
+    component_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -54,7 +56,9 @@ class Rollout:
         k1 = self.kl_per_seq.tolist()
         lengths = self.mask.sum(1).long().tolist()
         rank = {} if self.rank is None else {"rank": self.rank}
+        components = {name: scores.tolist() for name, scores in self.component_scores.items()}
         return [{"step": step, "id": self.ids[i], "response": self.responses[i], "score": float(self.scores[i]),
+                 "components": {name: scores[i] for name, scores in components.items()},
                  "kl": k1[i], "length": lengths[i], **rank} for i in range(len(self.responses))]
 
 
@@ -74,8 +78,9 @@ def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = 
 def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str], ids: list, caps: np.ndarray, *,
                     gen_config: GenerationConfig, max_input_tokens: int, generate_chunk: int | None,
                     forward_chunk: int, device: torch.device, timings: dict[str, float],
-                    keep_hidden: bool = False) -> Rollout:
-    """Sample one response per prompt (each cut at its own length cap), score it, and take the
+                    keep_hidden: bool = False, columns: dict[str, list] | None = None) -> Rollout:
+    """Sample one response per prompt (each cut at its own length cap), score it (`columns`: the
+    prompts' dataset columns, for the reward components that read them), and take the
     per-token statistics PPO needs, `forward_chunk` rows per forward pass. The policy's forward
     reuses the encoder states of the sampling; the reference runs its own encoder (the adapter
     acts on it too). keep_hidden: keep the decoder's last hidden state (`Rollout.hidden`).
@@ -86,9 +91,9 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
     batch, encoder_states = sample_capped(policy, enc["input_ids"], enc["attention_mask"], gen_config, caps,
                                           generate_chunk)
     timings["perf/generate_s"] = time.perf_counter() - t0
-    responses, _ = decode_responses(tokenizer, batch)
+    responses, lengths = decode_responses(tokenizer, batch)
     t0 = time.perf_counter()
-    scores = reward.score(prompts, responses)
+    scores = reward.score(prompts, responses, **(columns or {}), response_tokens=lengths)
     timings["perf/reward_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -108,4 +113,5 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
         del ref_logits
     stats = {k: torch.cat(v) if v else None for k, v in out.items()}
     timings["perf/forward_s"] = time.perf_counter() - t0
-    return Rollout(batch=batch, scores=scores.to(device), prompts=prompts, responses=responses, ids=ids, **stats)
+    return Rollout(batch=batch, scores=scores.total.to(device), prompts=prompts, responses=responses, ids=ids,
+                   component_scores=scores.components, **stats)

@@ -1,5 +1,5 @@
 """What one PPO step logs about its rollout and its advantages (the metric names of the README):
-the reward, the KL and its coefficient, entropy, response lengths, the advantages before
+the reward and each of its components' own score, the KL and its coefficient, entropy, response lengths, the advantages before
 whitening, the value head's fit, and with k responses per prompt the spread within a prompt."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def rollout_metrics(r: Rollout, adv: Advantages, scores: torch.Tensor, kl_mean: 
         "objective/kl_coef": adv.kl_coef,
         "objective/kl_penalty": float(-adv.kl_coef * adv.kl.sum(1).mean()),
         "objective/entropy": float(masked_mean(r.entropy, mask)),
+        **{f"env/reward/{name}_mean": float(scores.mean()) for name, scores in r.component_scores.items()},
         **value_metrics(r, adv),
         **group_metrics(r, samples_per_prompt),
         "response/length_mean": float(lengths.float().mean()),

@@ -35,6 +35,7 @@ from detox.core.run_dir import (
     checkpoint_dir,
 )
 from detox.data.sampling import PromptSampler, sample_max_new_tokens
+from detox.data.splits import row_columns
 from detox.models.generation import generation_config
 from detox.models.policy import Policy
 from detox.models.rewards import Reward
@@ -134,10 +135,10 @@ class PPOTrainer:
         state = {
             "step": self.step, "kl_coef": self.kl_ctl.value, "kl_controller": self.kl_ctl.state_dict(),
             "sampler": self.sampler.state_dict(), "length_rng": self.length_rng.bit_generator.state,
-            "guard": self.guard.state_dict(),
+            "guard": self.guard.state_dict(), "reward": self.reward.state_dict(),
         }
         if self.dist.enabled:
-            own = {"sampler": state["sampler"], "length_rng": state["length_rng"],
+            own = {"sampler": state["sampler"], "length_rng": state["length_rng"], "reward": state["reward"],
                    "torch_rng": encode_rng(torch.get_rng_state())}
             if self.device.type == "cuda":
                 own["cuda_rng"] = encode_rng(torch.cuda.get_rng_state(self.device))
@@ -158,6 +159,7 @@ class PPOTrainer:
         own = state["ranks"][self.dist.rank] if self.dist.enabled else state
         self.sampler.load_state_dict(own["sampler"])
         self.length_rng.bit_generator.state = own["length_rng"]
+        self.reward.load_state_dict(own.get("reward"))
         if "torch_rng" in own:
             torch.set_rng_state(decode_rng(own["torch_rng"]))
         if "cuda_rng" in own and self.device.type == "cuda":
@@ -199,6 +201,7 @@ class PPOTrainer:
                                                gen.max_new_tokens_max), k)
         indices = [i for i in indices for _ in range(k)]
         rows = self.train_set.select(indices)
+        columns = row_columns(rows, self.data_cfg)
         if self.data_cfg.id_column:
             ids = list(rows[self.data_cfg.id_column])
         else:  # row numbers of the whole train split (a shard holds rows rank, rank + n, ...)
@@ -207,7 +210,7 @@ class PPOTrainer:
             self.policy, self.tokenizer, self.reward, list(rows["prompt"]), ids, caps, gen_config=self.gen_config,
             max_input_tokens=self.data_cfg.max_input_tokens, generate_chunk=gen.batch_size,
             forward_chunk=self.ppo_cfg.forward_batch_size or len(indices), device=self.device, timings=self.timings,
-            keep_hidden=self.update.uses_values and self.step < self.ppo_cfg.value_warmup_steps)
+            keep_hidden=self.update.uses_values and self.step < self.ppo_cfg.value_warmup_steps, columns=columns)
         r.rank = self.dist.rank if self.dist.enabled else None
         r.groups = torch.arange(len(indices) // k, device=self.device).repeat_interleave(k)
         return r

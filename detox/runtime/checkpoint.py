@@ -62,11 +62,29 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def _honoured(key: str) -> bool:
+    """A setting a resumed run honours as it is (a reward component's batch size and device too)."""
+    component_setting = key.startswith("reward.components.") and key.rsplit(".", 1)[-1] in ("batch_size", "device")
+    return under(key, HONOURED_KEYS) or component_setting
+
+
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """Every setting that changes what training computes, flat (`ppo.learning_rate`: 2e-4)."""
     tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     flat = _flatten({k: tree[k] for k in TRAINING_KEYS if k in tree})
-    return {k: v for k, v in flat.items() if not under(k, HONOURED_KEYS)}
+    return {k: v for k, v in flat.items() if not _honoured(k)}
+
+
+def _flat_reward(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint from before reward components named its classifier's settings `reward.<key>`:
+    read them as the current sole component's (`reward.components.<name>.<key>`)."""
+    names = {k.split(".")[2] for k in current if k.startswith("reward.components.")}
+    if any(k.startswith("reward.components.") for k in saved) or len(names) != 1:
+        return saved
+    (name,) = names
+    shorthand = ("backend", "name_or_path", "revision", "label", "kind", "input", "max_length")
+    return {(f"reward.components.{name}.{k[7:]}" if k[7:] in shorthand and k.startswith("reward.") else k): v
+            for k, v in saved.items()}
 
 
 def _legacy(current: dict[str, Any]) -> dict:
@@ -81,6 +99,7 @@ def fingerprint_diffs(saved: dict, current: dict[str, Any]) -> dict[str, tuple]:
     """{key: (checkpoint's value, current value)} for every training setting that differs.
     `current`: this config's `fingerprint`."""
     current = _legacy(current) if isinstance(saved.get("lora"), str) else current
+    saved = _flat_reward(saved, current)
     # Over the checkpoint's keys: a setting added to the schema since has its old behaviour as default.
     return {k: (v, current.get(k)) for k, v in saved.items() if v != current.get(k)}
 

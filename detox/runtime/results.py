@@ -55,18 +55,23 @@ def provenance(models: dict[str, Any]) -> dict[str, Any]:
             "host": platform.node(), "models": models}
 
 
-def model_provenance(cfg: DictConfig, policy_model_config, reward_component=None) -> dict:
-    """Names and hub revisions of the policy (and the reward's component, when given) a run used."""
+def model_provenance(cfg: DictConfig, policy_model_config, reward=None) -> dict:
+    """Names and hub revisions of the policy (and, given the run's reward, its components, their
+    weights and the aggregate) a run used."""
     def revision(model_config):
         return getattr(model_config, "_commit_hash", None)
 
     models = {"policy": {"name_or_path": cfg.policy.name_or_path, "revision": cfg.policy.revision,
                          "commit": revision(policy_model_config), "adapter": cfg.policy.adapter}}
-    if reward_component is not None:
-        hf_model = getattr(reward_component, "hf_model", None)  # alt-profanity-check and custom components have none
-        models["reward"] = {"target": cfg.reward.get("_target_"), "backend": str(cfg.reward.backend),
-                            "name_or_path": cfg.reward.name_or_path, "label": cfg.reward.label,
-                            "commit": revision(hf_model.config) if hf_model is not None else None}
+    if reward is not None:
+        described = reward.describe()
+        for name, component in reward.components.items():
+            hf_model = getattr(component, "hf_model", None)  # alt-profanity-check, rules and functions have none
+            described["components"][name].update(
+                target=cfg.reward.components[name].get("_target_"), backend=getattr(component, "backend", None),
+                name_or_path=getattr(component, "name_or_path", None), label=getattr(component, "label", None),
+                commit=revision(hf_model.config) if hf_model is not None else None)
+        models["reward"] = described
     return models
 
 

@@ -1,6 +1,6 @@
 """The one place a stage's objects are built from a config, in one order, cheapest checks
-first: the data splits, the policy's family (from its config alone), the reward's label, the
-tokenizer and fitted prompts, the reward, the judges (on the reward's device), then the
+first: the data splits, the policy's family (from its config alone), the reward's labels, the
+tokenizer and fitted prompts, the reward (each component on its device), the judges, then the
 starting policy's weights. stage=ppo adds the trainer and the evaluator; stage=eval the
 evaluator; every builder hands each object only its own config nodes.
 """
@@ -62,9 +62,13 @@ def assemble(cfg: DictConfig, dist: Distributed | None = None, judges: bool = Tr
     check_reward_label(cfg.reward)
     tokenizer = load_tokenizer(cfg.policy)
     splits = fit_prompts(splits, tokenizer, cfg.data)
-    reward_device = dist.place(resolve_device(cfg.reward.device)) if cfg.reward.device else device
-    reward = build_reward(cfg.reward, reward_device)
-    built_judges = build_judges(cfg.eval.judges, cfg.reward, reward_device, reward) if judges else None
+    def place(name: str | None) -> torch.device:  # a reward component's device setting (null: the policy's)
+        return dist.place(resolve_device(name)) if name else device
+
+    reward = build_reward(cfg.reward, place)
+    # the judges beside the reward's (first) component
+    judge_device = place(next(iter(cfg.reward.components.values())).get("device"))
+    built_judges = build_judges(cfg.eval.judges, cfg.reward, judge_device, reward) if judges else None
     policy = starting_policy(cfg).to(device)
     trainable, total = count_parameters(*[m for m in (policy.model, policy.value_head) if m is not None])
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)

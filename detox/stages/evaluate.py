@@ -28,7 +28,8 @@ def finish_eval(cfg: DictConfig, evaluator: Evaluator, baseline: dict, run_dir: 
     score = objective(val, cfg.objective) if val else None
     results.update(eval=test, eval_val=val or None, objective=score)
     tracker.summary({**test, **{k.replace("eval/", "eval_val/", 1): v for k, v in val.items()}})
-    tracker.log_table("eval/examples", example_rows(samples, ranking_judge(samples), cfg.eval.examples))
+    judge = ranking_judge(samples, evaluator.optimised_judges)
+    tracker.log_table("eval/examples", example_rows(samples, judge, cfg.eval.examples))
     log.info("evaluation report: %s", paths[2])
     return score
 

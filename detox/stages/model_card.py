@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from detox.evaluation.report_files import table, verdicts
+from detox.config.schema import CLASSIFIER
 from detox.models.judges import REWARD_JUDGES
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -43,16 +44,13 @@ def _training(config: dict, step: int, finished: bool) -> list[str]:
                  + (" (rsLoRA)" if lora.get("use_rslora") else ""))
     else:
         tuned = "every weight (full fine-tuning)"
-    reward_model = reward["name_or_path"] if reward["backend"] == "hf" else "alt-profanity-check"
-    score = {"prob": "P(`{}`)", "logit": "the logit of `{}`", "logodds": "the log-odds of `{}`"}[reward["kind"]]
     k = ppo.get("samples_per_prompt", 1)
     rows = [
         ("base model", f"`{policy['name_or_path']}`" + (f" (revision {policy['revision']})" if policy["revision"] else "")),
         ("starting adapter", f"`{policy['adapter']}` ({_start_note(config)})" if policy["adapter"] else "none"),
         ("trained", tuned),
         ("data", f"`{data['name_or_path']}` (split {data['split']}, column `{data['dialogue_column']}`)"),
-        ("reward", f"`{reward_model}`: {score.format(reward['label'])} of the "
-                   f"{'summary' if reward['input'] == 'response' else 'dialogue + summary'}"),
+        ("reward", _reward(reward)),
         ("algorithm", f"PPO, advantage estimator `{ppo.get('advantage', 'gae')}`"
                       + (f", {k} samples per prompt" if k > 1 else "")),
         ("KL penalty", f"per token to {'the base model' if str(policy['reference']) == 'base' else 'the starting policy'}"
@@ -67,6 +65,29 @@ def _training(config: dict, step: int, finished: bool) -> list[str]:
     return ["## Training", "", "| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
+def _component(name: str, node: dict) -> str:
+    """One reward component: what it scores, and its weight."""
+    if node.get("_target_", CLASSIFIER) == CLASSIFIER:
+        model = node.get("name_or_path") if node.get("backend", "hf") == "hf" else "alt-profanity-check"
+        score = {"prob": "P(`{}`)", "logit": "the logit of `{}`", "logodds": "the log-odds of `{}`"}[
+            node.get("kind", "logit")].format(node.get("label", "nothate"))
+        reads = {"response": "the summary", "prompt_response": "dialogue + summary",
+                 "pair": "(dialogue, summary) as a text pair"}[node.get("input", "response")]
+        what = f"`{model}`: {score} of {reads}"
+    else:
+        what = f"`{node['_target_']}`"
+    return (f"{name} ({what}, weight {node.get('weight', 1.0):g}"
+            + (", normalised" if node.get("normalize") else "") + ")")
+
+
+def _reward(reward: dict) -> str:
+    """The reward: its components, how they combine, its bound (a run from before components: its classifier)."""
+    components = reward.get("components") or {"toxicity": {k: v for k, v in reward.items() if k != "clip"}}
+    parts = "; ".join(_component(name, node) for name, node in components.items())
+    combined = f"; the {reward.get('aggregate', 'sum')} of the weighted scores" if len(components) > 1 else ""
+    return parts + combined + (f"; clipped to ±{reward['clip']:g}" if reward.get("clip") is not None else "")
+
+
 def _start_note(config: dict) -> str:
     policy, lora = config["policy"], config["lora"]
     if lora["train"] == "continue":
@@ -76,7 +97,9 @@ def _start_note(config: dict) -> str:
     return "kept frozen beside the trained adapter"
 
 
-def _evaluation(report: dict | None, prompts: int | None, eval_cfg: dict, finished: bool) -> list[str]:
+def _evaluation(report: dict | None, prompts: int | None, eval_cfg: dict, finished: bool,
+                optimised: tuple[str, ...] = REWARD_JUDGES) -> list[str]:
+    """`optimised`: the judges that score with what PPO optimised (the reward's classifier, its components)."""
     lines = ["## Evaluation", ""]
     if not finished:
         return [*lines, "This export is of an unfinished run's checkpoint: the run's evaluation (if any) is not "
@@ -91,9 +114,9 @@ def _evaluation(report: dict | None, prompts: int | None, eval_cfg: dict, finish
               "second seed: the change noise alone produces. Toxicity is each judge's P(toxic) of the summary "
               "(`reward_on_prompt`: of dialogue + summary, the recipe's measure) "
               f"(toxic above {eval_cfg['toxic_threshold']}); brackets are 95% bootstrap CIs (paired for changes). "
-              + (f"{' and '.join(f'`{j}`' for j in judges if j in REWARD_JUDGES)} score with the reward model PPO "
+              + (f"{' and '.join(f'`{j}`' for j in judges if j in optimised)} score with the reward model PPO "
                  "optimized against (open to reward hacking); the others are independent judges."
-                 if any(j in REWARD_JUDGES for j in judges) else "All judges are independent of the reward model."),
+                 if any(j in optimised for j in judges) else "All judges are independent of the reward model."),
               "", *verdicts(report, judges)]
     for group in groups:
         lines += ["", f"Prompts with {group}:", "", *verdicts(report, judges, f"eval/{group}/")]
@@ -142,7 +165,8 @@ def model_card(info: dict[str, Any], report: dict | None, prompts: int | None) -
              "insults and slurs while still summarizing. Exported from step "
              f"{info['step']} of run `{info['run_dir']}`.", "",
              *_training(config, info["step"], finished),
-             *_evaluation(report, prompts, config["eval"], finished),
+             *_evaluation(report, prompts, config["eval"], finished,
+                          (*REWARD_JUDGES, *(config["reward"].get("components") or {}))),
              *_usage(config, adapter_only, info["max_new_tokens"]),
              "## Provenance", "",
              f"detox {info['detox_version']}, git `{info.get('git_sha') or 'unknown'}`; "

@@ -77,7 +77,7 @@ def _train_and_evaluate(cfg: DictConfig, dist: Distributed, run_dir: str, resume
                if dist.is_main else Results.muted())
     with JobRecord(results) as job:
         trainer, evaluator = build_ppo(cfg, dist)
-        results.update(provenance=provenance(model_provenance(cfg, trainer.policy.config, trainer.reward.component)))
+        results.update(provenance=provenance(model_provenance(cfg, trainer.policy.config, trainer.reward)))
         # The starting policy is evaluated before any checkpoint loads (cached for resumes).
         baseline = evaluator.baseline(os.path.join(run_dir, EVAL_DIR)) if evaluator else None
         if resume_from:

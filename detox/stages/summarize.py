@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
 from detox.config.schema import Config, Stage, typed_config
-from detox.config.validate import check_template
+from detox.config.validate import check_template, fold_reward_shorthand
 from detox.core.errors import ConfigError, LoadError
 from detox.core.hub import friendly_load_error
 from detox.core.overrides import hydra_overrides, override_key
@@ -179,7 +179,9 @@ def summarize_dialogues(request: Request, command: DictConfig | None = None, key
     limit = request.max_input_tokens or settings.data.max_input_tokens
     check_template(template, keys["prompt_template"])
     device = resolve_device(request.device)
-    reward = build_reward(settings.reward, device) if REWARD_JUDGE in request.judges else None
+    fold_reward_shorthand(settings.reward)
+    uses_reward = any(j == REWARD_JUDGE or j in settings.reward.components for j in request.judges)
+    reward = build_reward(settings.reward, device) if uses_reward else None
     judges = build_judges(request.judges, settings.reward, device, reward) if request.judges else []
     tokenizer = source.tokenizer()
     check_prompt_room(tokenizer, template, limit, keys["max_input_tokens"])
@@ -193,7 +195,7 @@ def summarize_dialogues(request: Request, command: DictConfig | None = None, key
         gen = model_generation_config(settings.generation, model, greedy=not request.sample)
         texts[name] = _generate(model, tokenizer, prompts, gen, request, limit, max_new_tokens, device, name)
         del model  # the starting policy is freed before a merged export loads
-    rows = _rows(dialogues, texts, judges)
+    rows = _rows(dialogues, texts, judges, prompts, tokenizer)
     write_rows(rows, request.output)
     if request.output not in (None, "-"):
         log.info("wrote %d summaries to %s", len(rows), os.path.abspath(request.output))
@@ -207,15 +209,18 @@ def _fit_prompts(tokenizer, template: str, dialogues: list[str], limit: int) -> 
     return [prompt for prompt, _ in fitted]
 
 
-def _rows(dialogues: list[dict], texts: dict[str, list[str]], judges) -> list[dict]:
+def _rows(dialogues: list[dict], texts: dict[str, list[str]], judges, prompts: list[str], tokenizer) -> list[dict]:
     """One output row per dialogue: the trained policy's summary, the starting one's (when
-    compared) and each judge's P(toxic) of them."""
+    compared) and each judge's P(toxic) of them (`toxicity`; a score judge's under `scores`)."""
     rows = [{"id": d["id"], "dialogue": d["dialogue"], "summary": texts["trained"][i],
              **({"start_summary": texts["start"][i]} if "start" in texts else {})} for i, d in enumerate(dialogues)]
+    columns = {"dialogue": [d["dialogue"] for d in dialogues], "prompt": prompts}
     for judge in judges:
-        for variant, key in (("trained", "toxicity"), ("start", "start_toxicity")):
+        field = "toxicity" if judge.kind == "toxicity" else "scores"
+        for variant, key in (("trained", field), ("start", f"start_{field}")):
             if variant in texts:
-                for row, p in zip(rows, judge.toxicity(texts[variant])):
+                tokens = [len(ids) for ids in tokenizer(texts[variant])["input_ids"]]  # EOS included
+                for row, p in zip(rows, judge.scores(prompts, texts[variant], **columns, response_tokens=tokens)):
                     row.setdefault(key, {})[judge.name] = round(float(p), 4)
     return rows
 
