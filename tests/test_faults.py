@@ -20,6 +20,8 @@ from detox.core.errors import CheckpointError, Diverged, Interrupted, RunDirBusy
 from detox.runtime.checkpoint import (
     checkpoint_dirs,
     checkpoint_problem,
+    fingerprint,
+    fingerprint_diffs,
     latest_checkpoint,
 )
 from detox.runtime.tracking import read_metrics
@@ -252,6 +254,20 @@ def test_resume_refuses_a_changed_setting_unless_allowed(base, tmp_path):
     assert optimizer["param_groups"][0]["lr"] == 0.5
     assert [m["step"] for m in read_metrics(str(tmp_path))] == [1, 2, 3]
     assert rollout_steps(tmp_path) == [s for s in (1, 2, 3) for _ in range(8)]  # each step once
+
+
+def test_a_checkpoint_from_before_reward_components_resumes_as_its_sole_component():
+    current = fingerprint(make_cfg(["experiment=quickstart"]))
+    # What such a checkpoint recorded: the classifier's settings as reward.<key>, no components.
+    component = "reward.components.toxicity."
+    saved = {k: v for k, v in current.items() if not k.startswith("reward.")}
+    saved |= {"reward." + k[len(component):]: v for k, v in current.items()
+              if k.startswith(component) and k[len(component):] not in ("_target_", "weight", "normalize")}
+    saved |= {"reward.clip": current["reward.clip"]}
+    assert saved["reward.label"] == "nothate" and saved["reward.kind"] == "prob"
+    assert fingerprint_diffs(saved, current) == {}
+    assert fingerprint_diffs({**saved, "reward.kind": "logodds"}, current) == {
+        "reward.components.toxicity.kind": ("logodds", "prob")}
 
 
 def test_checkpoints_by_time_and_keep_last(base, tmp_path):

@@ -5,7 +5,9 @@ from conftest import make_cfg
 from tiny_models import save_tiny_classifier
 
 from detox.core.errors import ConfigError
+from detox.evaluation.report import variant_metrics
 from detox.models.judges import build_judges as build
+from detox.models.judges import score_responses
 from detox.models.rewards import build_reward
 
 CPU = torch.device("cpu")
@@ -51,3 +53,23 @@ def test_unknown_judge_label_is_a_clear_error(tiny, tmp_path):
         build_judges([path], reward_cfg(tiny["reward"]), CPU)
     with pytest.raises(ConfigError, match="eval.judges label='nope'.*\\['a', 'b', 'c'\\]"):
         build_judges([f"{path}:nope"], reward_cfg(tiny["reward"]), CPU)
+
+
+def test_reward_components_are_judges_by_name(tiny):
+    settings = make_cfg(["reward=tiny", f"reward.components.toxicity.name_or_path={tiny['reward']}",
+                         "++reward.components.length._target_=detox.models.reward_rules.LengthPenalty",
+                         "++reward.components.length.target=5", "++reward.components.length.per_token=0.1"]).reward
+    reward = build_reward(settings, CPU)
+    toxicity, length = build_judges(["toxicity", "length"], settings, CPU)
+    assert toxicity.optimised and length.optimised  # PPO optimised both: the report ranks by neither
+    assert toxicity.kind == "toxicity" and length.kind == "score"
+    texts = [INSULT, CLEAN]
+    np.testing.assert_allclose(toxicity.toxicity(texts), reward.classifier.probs(texts)[:, 1])  # P(hate)
+    rows = [{"response": t, "length": n} for t, n in zip(texts, (5, 9))]
+    score_responses(rows, [toxicity, length], ["", ""])
+    assert [r["scores"]["length"] for r in rows] == pytest.approx([0.0, -0.4])  # the rule read each length
+    assert [r["toxicity"]["toxicity"] for r in rows] == pytest.approx(toxicity.toxicity(texts).tolist())
+    samples = [{"references": {"summary": t}, "before": {**r, "kl": 0.0}} for t, r in zip(texts, rows)]
+    metrics = variant_metrics(samples, "summary", [], 0.5)
+    assert metrics["eval/before/length/score_mean"] == pytest.approx(-0.2)  # a rule's rows in the report
+    assert "eval/before/toxicity/toxic_rate" in metrics

@@ -7,8 +7,20 @@ from tiny_models import save_tiny_classifier
 from detox.config.validate import validate
 from detox.core.errors import ConfigError
 from detox.core.hub import LoadError
-from detox.models.reward_rules import DialogueOverlap, LengthPenalty, PhraseBlocklist, RougeToReference
-from detox.models.rewards import Classifier, ComponentError, Reward, build_reward, check_reward_label, resolve_label
+from detox.models.reward_rules import (
+    DialogueOverlap,
+    LengthPenalty,
+    PhraseBlocklist,
+    RougeToReference,
+)
+from detox.models.rewards import (
+    Classifier,
+    ComponentError,
+    Reward,
+    build_reward,
+    check_reward_label,
+    resolve_label,
+)
 
 CPU = torch.device("cpu")
 

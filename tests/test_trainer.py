@@ -263,3 +263,19 @@ def test_an_rloo_update_makes_better_than_average_responses_more_likely(tiny_ove
     per_response = adv.raw[:, 0]
     assert per_response.abs().sum() > 0
     assert float((per_response * gained).sum()) > 0, (per_response, gained)
+
+
+def test_each_reward_component_is_logged_and_written_with_its_responses(tiny_overrides, tmp_path):
+    # the fixture's reward.name_or_path is shorthand for a sole component: name it with two
+    overrides = [o.replace("reward.name_or_path", "reward.components.toxicity.name_or_path") for o in tiny_overrides]
+    trainer = make_trainer([*overrides, "++reward.components.length._target_=detox.models.reward_rules.LengthPenalty",
+                            "++reward.components.length.target=4", "++reward.components.length.weight=0.5"], tmp_path)
+    metrics, r = trainer.train_step()
+    toxicity, length = r.component_scores["toxicity"], r.component_scores["length"]
+    torch.testing.assert_close(length, -0.01 * (r.mask.sum(1) - 4).abs())  # raw: before its weight
+    torch.testing.assert_close(r.scores, toxicity + 0.5 * length)
+    assert metrics["env/reward/length_mean"] == pytest.approx(float(length.mean()))
+    assert metrics["env/reward/toxicity_mean"] == pytest.approx(float(toxicity.mean()))
+    assert metrics["env/reward_mean"] == pytest.approx(float(r.scores.mean()))
+    rows = r.rows(step=1)
+    assert rows[0]["components"] == {"toxicity": pytest.approx(float(toxicity[0])), "length": pytest.approx(float(length[0]))}

@@ -30,8 +30,9 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
 
 
 def plot_curves(rows: list[dict], path: str) -> str:
-    """Reward (mean ± std), KL (per-sequence k1 sum) and KL coefficient by step, and the
-    validation toxicity when `val/...` rows exist. `rows`: metrics.jsonl rows."""
+    """Reward (mean ± std, and each component's own score when there are several), KL
+    (per-sequence k1 sum) and KL coefficient by step, and the validation toxicity when `val/...`
+    rows exist. `rows`: metrics.jsonl rows."""
     plt = pyplot()
     steps = np.array([r["step"] for r in rows])
 
@@ -41,9 +42,14 @@ def plot_curves(rows: list[dict], path: str) -> str:
     val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/toxicity_mean")})
     fig, axes = plt.subplots(1, 3 + bool(val_keys), figsize=(13 + 4.3 * bool(val_keys), 3.6))
     mean, std = series("env/reward_mean"), series("env/reward_std")
-    axes[0].plot(steps, mean, color="tab:green")
+    axes[0].plot(steps, mean, color="tab:green", label="reward")
     axes[0].fill_between(steps, mean - std, mean + std, color="tab:green", alpha=0.2)
-    axes[0].set_title("reward (env/reward_mean ± std)")
+    components = sorted({k for r in rows for k in r if k.startswith("env/reward/") and k.endswith("_mean")})
+    if len(components) > 1:  # each component's own score (before its weight) beside the reward
+        for key in components:
+            axes[0].plot(steps, series(key), lw=1, ls="--", label=key[len("env/reward/"):-len("_mean")])
+        axes[0].legend(fontsize=8)
+    axes[0].set_title("reward (env/reward_mean ± std" + (", components" if len(components) > 1 else "") + ")")
     axes[1].plot(steps, series("objective/kl"), color="tab:red", label="train (objective/kl)")
     if val_keys:
         ok = ~np.isnan(series("val/kl_to_ref"))

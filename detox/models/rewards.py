@@ -1,12 +1,14 @@
-"""The reward: a component built by `hydra.utils.instantiate` from the `reward` node, and the
-reward as a whole (`Reward`: what the rollout calls, with `reward.clip`).
+"""The reward PPO optimises (`Reward`: its components' scores weighted, aggregated, clipped) and
+its shipped classifier component (`Classifier`).
 
-A component is any object called as `component(prompts, responses)` that returns one float per
-response (a [B] tensor). The shipped one is `Classifier`: the score of ONE named label
-(`reward.label`, e.g. `nothate`), resolved through the classifier's `id2label`, of an HF
-sequence classifier (`backend: hf`) or of alt-profanity-check (`backend: profanity`). The recipe
+A component is any callable `component(prompts, responses, **columns)` returning one number per
+response, built by `hydra.utils.instantiate` from its `reward.components.<name>` node (`weight`
+and `normalize` are the reward's, not the component's). `Classifier` scores ONE named label
+(`label`, e.g. `nothate`), resolved through the classifier's `id2label`, of an HF sequence
+classifier (`backend: hf`) or of alt-profanity-check (`backend: profanity`). The recipe
 (docs/design.md) instead took `pipeline(..., top_k=None)[0]["score"]`: the pipeline sorts labels
-by score, so that was max(nothate, hate) and hateful text was rewarded too.
+by score, so that was max(nothate, hate) and hateful text was rewarded too. Rule components are
+in `detox/models/reward_rules.py`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What one PPO step logs about its rollout and its advantages (the metric names of the README):
-the reward and each of its components' own score, the KL and its coefficient, entropy, response lengths, the advantages before
-whitening, the value head's fit, and with k responses per prompt the spread within a prompt."""
+the reward and each of its components' own score, the KL and its coefficient, entropy, response
+lengths, the advantages before whitening, the value head's fit, and with k responses per prompt
+the spread within a prompt."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from detox.rl.rollout import Rollout
 from detox.rl.update import Advantages
 
 
-def rollout_metrics(r: Rollout, adv: Advantages, scores: torch.Tensor, kl_mean: float,
-                    eos_token_id: int | list[int], samples_per_prompt: int) -> dict[str, float]:
-    """`scores` and `kl_mean`: the global batch's (every process's, data-parallel)."""
+def rollout_metrics(r: Rollout, adv: Advantages, scores: torch.Tensor, components: dict[str, torch.Tensor],
+                    kl_mean: float, eos_token_id: int | list[int], samples_per_prompt: int) -> dict[str, float]:
+    """`scores` [N], each reward component's own `components` [N] and `kl_mean`: the global
+    batch's (every process's, data-parallel)."""
     mask = r.mask
     lengths = mask.sum(1)
     last = r.batch.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1)
@@ -27,7 +29,7 @@ def rollout_metrics(r: Rollout, adv: Advantages, scores: torch.Tensor, kl_mean: 
         "objective/kl_coef": adv.kl_coef,
         "objective/kl_penalty": float(-adv.kl_coef * adv.kl.sum(1).mean()),
         "objective/entropy": float(masked_mean(r.entropy, mask)),
-        **{f"env/reward/{name}_mean": float(scores.mean()) for name, scores in r.component_scores.items()},
+        **{f"env/reward/{name}_mean": float(values.mean()) for name, values in components.items()},
         **value_metrics(r, adv),
         **group_metrics(r, samples_per_prompt),
         "response/length_mean": float(lengths.float().mean()),

@@ -229,9 +229,11 @@ class PPOTrainer:
         self.timings["perf/optimise_s"] = time.perf_counter() - t1
         self.guard.updates(skipped, self.step + 1)
         self.guard.weights(self.weights_finite(), self.step + 1)
-        scores, kl_per_seq = r.scores, r.kl_per_seq
+        scores, kl_per_seq, components = r.scores, r.kl_per_seq, r.component_scores
         if self.dist.enabled:  # the global batch's (every process's); the KL controller steps on them
-            scores, kl_per_seq = self.dist.gather(torch.stack([scores.float(), kl_per_seq.float()], 1)).unbind(1)
+            columns = [scores, kl_per_seq, *components.values()]
+            scores, kl_per_seq, *parts = self.dist.gather(torch.stack([c.float() for c in columns], 1)).unbind(1)
+            components = dict(zip(components, parts))
         kl_mean = float(kl_per_seq.mean())
         if math.isfinite(kl_mean):
             self.kl_ctl.update(kl_mean, self.ppo_cfg.batch_size * self.dist.world_size)
@@ -239,7 +241,7 @@ class PPOTrainer:
             warn_if_kl_significantly_negative(kl_per_seq, self.step)
         step_time = time.perf_counter() - t0
         metrics = {
-            **rollout_metrics(r, adv, scores, kl_mean, self.policy.eos_token_id, self.samples_per_prompt),
+            **rollout_metrics(r, adv, scores, components, kl_mean, self.policy.eos_token_id, self.samples_per_prompt),
             **stats,
             "perf/step_time_s": step_time,
             "perf/samples_per_s": len(r.prompts) / step_time,

@@ -7,8 +7,8 @@ import json
 import re
 from typing import Any
 
-from detox.evaluation.report_files import table, verdicts
 from detox.config.schema import CLASSIFIER
+from detox.evaluation.report_files import table, verdicts
 from detox.models.judges import REWARD_JUDGES
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
