@@ -46,8 +46,9 @@ def plot_curves(rows: list[dict], path: str) -> str:
     axes[0].fill_between(steps, mean - std, mean + std, color="tab:green", alpha=0.2)
     components = sorted({k for r in rows for k in r if k.startswith("env/reward/") and k.endswith("_mean")})
     if len(components) > 1:  # each component's own score (before its weight) beside the reward
-        for key in components:
-            axes[0].plot(steps, series(key), lw=1, ls="--", label=key[len("env/reward/"):-len("_mean")])
+        others = ["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+        for key, color in zip(components, others * len(components)):  # green is the reward's
+            axes[0].plot(steps, series(key), lw=1, ls="--", color=color, label=key[len("env/reward/"):-len("_mean")])
         axes[0].legend(fontsize=8)
     axes[0].set_title("reward (env/reward_mean ± std" + (", components" if len(components) > 1 else "") + ")")
     axes[1].plot(steps, series("objective/kl"), color="tab:red", label="train (objective/kl)")

@@ -35,7 +35,7 @@ def table(metrics: dict[str, float], prefix: str = "eval/") -> list[str]:
         b, d = metrics.get(f"{prefix}before/{name}"), metrics.get(f"{prefix}delta/{name}")
         if d is None and f"{prefix}after/{name}" in metrics:
             d = metrics[f"{prefix}after/{name}"] - b  # distinct2 is a corpus figure: no paired change
-        rel = f"{100 * d / b:+.1f}%" if d is not None and b and not np.isnan(d) else ""
+        rel = f"{100 * d / abs(b):+.1f}%" if d is not None and b and not np.isnan(d) else ""  # a rise is +, below 0 too
         change = _cell(metrics, f"{prefix}delta/{name}", sign=True) or (f"{d:+.3f}" if d is not None else "")
         lines.append(f"| {name} | {_cell(metrics, f'{prefix}before/{name}')} | {_cell(metrics, f'{prefix}after/{name}')} "
                      f"| {change} | {rel} | {_cell(metrics, f'{prefix}null/{name}', sign=True)} |")
@@ -68,8 +68,9 @@ def markdown(metrics: dict[str, float], samples: list[dict], info: dict) -> str:
     judges = judges_of(samples)
     lines = [f"# Evaluation: {len(samples)} held-out {info.get('split', 'test')} prompts, before vs after PPO", "",
              f"Decoding: {info['decoding']} (seed {info['seed']}); `null` = the starting policy resampled with seed "
-             f"{info['seed'] + 1}: the change noise alone produces. Judges score the response only (except "
-             f"`{REWARD_ON_PROMPT}`, the recipe's measure: the reward classifier on prompt + summary); P(toxic) > "
+             f"{info['seed'] + 1}: the change noise alone produces. Toxicity judges score the response only "
+             f"(except `{REWARD_ON_PROMPT}`, the recipe's measure: the reward classifier on prompt + summary); a "
+             "reward component's `score_mean` is its own score, as in training; P(toxic) > "
              f"{info['threshold']} counts as toxic. Brackets: 95% bootstrap CIs (paired for changes). `kl_to_ref`: exact "
              "KL to the reference summed over each response's tokens (nats)"
              + (", which under greedy decoding does not estimate the sequence KL." if info["decoding"] == "greedy" else "."),
