@@ -183,6 +183,7 @@ def test_every_family_trains_exports_and_generates(name, family_models, tiny_ove
 
     metrics, _, _ = first_step([*base, "ppo=rloo"], tmp_path / "rloo")
     assert abs(metrics["objective/kl"]) < 1e-6 and "ppo/value/mean" not in metrics
+    assert abs(metrics["ppo/policy/ratio_mean"] - 1) < 1e-5  # the rollout's log-probs are the update's
 
     run_stage(make_cfg(["stage=export", f"run_dir={run_dir}"], output_dir=str(tmp_path / "export-job")))
     exported = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "export").eval()
