@@ -92,8 +92,10 @@ def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
     shutil.copytree(quickstart_run[0], run_dir, ignore=shutil.ignore_patterns("wandb", "rollouts.jsonl"))
     hydra_config = (run_dir / ".hydra" / "config.yaml").read_text()
     # in the run's own dir: its .hydra/ (which eval reads) is left alone
+    # a set the run never had, from the command line
     out = run_detox(["stage=eval", f"run_dir={run_dir}", "eval.num_samples=36", "eval.judges=[profanity]",
-                   "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+                     f"++eval.sets.mine.name_or_path={asset_path('dialogues.jsonl')}", "++eval.sets.mine.num_samples=8",
+                     "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == hydra_config
     assert (run_dir / ".hydra-eval" / "config.yaml").exists() and not (run_dir / "detox.lock").exists()
@@ -105,6 +107,10 @@ def test_stage_eval_reevaluates_a_finished_run(quickstart_run, tmp_path):
     report = json.load(open(run_dir / "eval" / "report.json"))
     assert results["eval"] == report and report["eval/after/profanity/toxic_rate"] == pytest.approx(
         np.mean([r["after"]["toxicity"]["profanity"] > 0.5 for r in rows]))
+    mine = [json.loads(line) for line in open(run_dir / "eval" / "sets" / "mine" / "samples.jsonl")]
+    assert len(mine) == 8 and report["eval_sets/mine/after/profanity/toxic_rate"] == pytest.approx(
+        np.mean([r["after"]["toxicity"]["profanity"] > 0.5 for r in mine]))
+    assert "## Eval set `mine` (8 prompts" in (run_dir / "eval" / "report.md").read_text()
     # the first 32 prompts (one generation batch) and their seeds match the training run's own evaluation
     in_run = [json.loads(line) for line in open(quickstart_run[0] / "eval" / "samples.jsonl")][:32]
     assert [r["after"]["response"] for r in rows[:32]] == [r["after"]["response"] for r in in_run]

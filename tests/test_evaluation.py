@@ -21,7 +21,8 @@ def evaluated(tiny, tmp_path_factory):
                  f"reward.name_or_path={tiny['reward']}", f"data.name_or_path={tiny['data']}",
                  "lora.target_modules=[q,v]", "ppo.batch_size=8", "ppo.mini_batch_size=4",
                  "generation.max_new_tokens_min=8", "generation.max_new_tokens_max=12",
-                 "ppo.value_warmup_steps=0", "ppo.learning_rate=5e-3", "eval.num_samples=1000", "eval.examples=2"]
+                 "ppo.value_warmup_steps=0", "ppo.learning_rate=5e-3", "eval.num_samples=1000", "eval.examples=2",
+                 f"++eval.sets.extra.name_or_path={tiny['data']}", "++eval.sets.extra.num_samples=3"]
     tmp = tmp_path_factory.mktemp("eval")
     cfg = make_cfg(overrides, output_dir=str(tmp))
     parts = assemble(cfg)  # the judges of eval.judges: reward, profanity
@@ -59,7 +60,7 @@ def test_report_equals_a_recomputation_from_samples_jsonl(evaluated):
     assert saved["eval/after/profanity/toxicity_mean_ci_low"] <= tox.mean() <= saved["eval/after/profanity/toxicity_mean_ci_high"]
     assert "eval/heated=True/after/summary_clean/rougeL" in saved and "eval/null/reward/toxic_rate" in saved
     again = report(rows, cfg.data.summary_column, list(cfg.eval.reference_columns), cfg.eval.toxic_threshold, "heated")
-    assert set(again) == set(saved)
+    assert set(again) == {k for k in saved if not k.startswith("eval_sets/")}
     for key, value in again.items():
         assert saved[key] == pytest.approx(value, nan_ok=True), key
     heated = [r for r in rows if r["group"]]
@@ -67,11 +68,43 @@ def test_report_equals_a_recomputation_from_samples_jsonl(evaluated):
         np.mean([r["before"]["toxicity"]["reward"] for r in heated]))
 
 
+def test_an_extra_eval_set_is_reported_by_name(evaluated):
+    tmp, cfg, _, metrics, *_ = evaluated
+    rows = [json.loads(line) for line in open(tmp / "eval" / "sets" / "extra" / "samples.jsonl")]
+    assert len(rows) == 3 and all({"before", "after", "null"} <= set(r) for r in rows)
+    again = report(rows, cfg.data.summary_column, list(cfg.eval.reference_columns), cfg.eval.toxic_threshold, "heated")
+    saved = json.load(open(tmp / "eval" / "report.json"))
+    for key, value in again.items():
+        assert saved[key.replace("eval/", "eval_sets/extra/", 1)] == pytest.approx(value, nan_ok=True), key
+    assert metrics["eval_sets/extra/after/kl_to_ref"] > 0
+    md = (tmp / "eval" / "report.md").read_text()
+    assert "## Eval set `extra` (3 prompts" in md and "sets/extra/samples.jsonl" in md
+
+
+def test_k_samples_per_prompt(evaluated):
+    _, cfg, *_, evaluator, splits = evaluated
+    k3 = cfg.copy()
+    k3.eval.samples_per_prompt = 3
+    ev = evaluator_for(k3, Parts(splits, evaluator.tokenizer, None, evaluator.judges, evaluator.policy, evaluator.device))
+    entries = ev.sample(ev.test, 1)
+    assert len(entries) == len(ev.test) and all(len(e["samples"]) == 3 for e in entries)
+    assert len({d["response"] for e in entries for d in e["samples"]}) > len(entries)  # k draws, not one copied
+    assert entries[0]["response"] == entries[0]["samples"][0]["response"]
+    assert ev.baseline_key() != evaluator.baseline_key()
+    samples = [{"references": {c: row[c] for c in ["summary", "summary_clean"]}, "before": e, "after": e}
+               for e, row in zip(entries, ev.test)]
+    metrics = variant_metrics(samples, "summary", ["summary_clean"], 0.5)
+    tox = np.array([[d["toxicity"]["profanity"] for d in e["samples"]] for e in entries])
+    assert metrics["eval/before/profanity/expected_max_toxicity"] == pytest.approx(tox.max(1).mean())
+    assert metrics["eval/before/profanity/toxicity_probability"] == pytest.approx((tox > 0.5).any(1).mean())
+
+
 def test_report_md_and_histogram(evaluated):
     tmp, *_ = evaluated
     md = (tmp / "eval" / "report.md").read_text()
     for text in ("| reward/toxicity_mean |", "| profanity/toxic_rate |", "| summary_clean/rougeL |", "| kl_to_ref |",
-                 "| distinct2 |", "## heated=True", "## heated=False", "null change (noise)", "## Largest toxicity drops",
+                 "| distinct1 |", "| distinct2 |", "| distinct3 |", "| profanity/missed_rate |", "`missed_rate`: of",
+                 "## heated=True", "## heated=False", "null change (noise)", "## Largest toxicity drops",
                  "## Largest toxicity rises", "significant at 95%"):
         assert text in md, text
     png = (tmp / "eval" / "toxicity_hist.png").read_bytes()
@@ -88,6 +121,8 @@ def test_validation_figures_before_and_after(evaluated):
     assert periodic["val/kl_to_ref"] == pytest.approx(val_metrics["eval/after/kl_to_ref"], rel=1e-4)
     assert periodic["val/reward/toxicity_mean"] == pytest.approx(val_metrics["eval/after/reward/toxicity_mean"])
     assert table and {"prompt", "response", "toxicity/profanity", "kl"} <= set(table[0])
+    if "val/profanity/missed_rate" in periodic:  # absent only where the reward model passed nothing
+        assert periodic["val/profanity/missed_rate"] == pytest.approx(val_metrics["eval/after/profanity/missed_rate"])
 
 
 def test_baseline_is_cached_for_resume_and_resampled_when_settings_change(evaluated, caplog):
@@ -186,3 +221,23 @@ def test_no_validation_split_means_no_val_figures(tiny_overrides, tmp_path, capl
     results = json.load(open(tmp_path / "results.json"))
     assert results["eval"] and results["eval_val"] is None and results["objective"] is None
     assert "no validation prompts" in caplog.text
+
+
+def test_bad_eval_sets_fail_before_any_model_loads(tiny_overrides, tmp_path):
+    from detox.config.validate import validate
+    from detox.core.errors import ConfigError, DataError
+    from detox.stages.ppo import run_ppo
+
+    missing_column = tmp_path / "no_clean.jsonl"
+    missing_column.write_text(json.dumps({"id": 1, "dialogue": "#Person1#: hi " * 30, "summary": "s", "heated": False}) + "\n")
+    base = [*tiny_overrides, "policy.name_or_path=/does/not/exist"]
+    cases = [(f"++eval.sets.gone.name_or_path={tmp_path / 'gone.jsonl'}", DataError,
+              r"eval.sets.gone.name_or_path='.*gone.jsonl' does not exist"),
+             (f"++eval.sets.mine.name_or_path={missing_column}", DataError,
+              r"eval.sets.mine: dataset .* has no column\(s\) \['summary_clean'\]"),
+             ("++eval.sets.mine.num_samples=3", ConfigError, r"eval.sets.mine.name_or_path is not set")]
+    for override, error, message in cases:
+        with pytest.raises(error, match=message):
+            cfg = make_cfg([*base, override], output_dir=str(tmp_path / "run"))
+            validate(cfg)
+            run_ppo(cfg)

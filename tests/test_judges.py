@@ -73,3 +73,31 @@ def test_reward_components_are_judges_by_name(tiny):
     metrics = variant_metrics(samples, "summary", [], 0.5)
     assert metrics["eval/before/length/score_mean"] == pytest.approx(-0.2)  # a rule's rows in the report
     assert "eval/before/toxicity/toxic_rate" in metrics
+
+
+def _has_locale(name: str) -> bool:
+    import locale
+
+    saved = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, name)
+        return True
+    except locale.Error:
+        return False
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+
+
+def test_hatesonar_judge_scores_without_the_en_us_locale():
+    from detox.models.judges import build_judges
+
+    cfg = make_cfg(["experiment=quickstart"])
+    judge = build_judges(["hatesonar"], cfg.reward, torch.device("cpu"), None)[0]
+    clean, offensive = judge.toxicity(["Thanks for dinner, see you at the office tomorrow.", "you are a fucking moron"])
+    assert clean < 0.5 < 0.9 < offensive
+    if not _has_locale("en_US.UTF-8"):  # the machine the fix is for: HateSonar's own graph fails to load here
+        import onnxruntime
+        from hatesonar.api import DEFAULT_MODEL_FILE
+
+        with pytest.raises(Exception, match="locale"):
+            onnxruntime.InferenceSession(DEFAULT_MODEL_FILE, providers=["CPUExecutionProvider"])

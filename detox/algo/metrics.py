@@ -53,6 +53,36 @@ def paired_change(before: np.ndarray, after: np.ndarray, **ci_kwargs) -> dict[st
             "relative": float(delta.mean() / base) if base else float("nan")}
 
 
+def ratio_ci(num: np.ndarray, den: np.ndarray, level: float = 0.95, resamples: int = 2000,
+             seed: int = 0) -> tuple[float, float, float]:
+    """sum(num) / sum(den) of per-prompt counts [N] (a rate over a subset of responses, such as
+    the share of the responses one judge passes that another flags), and its percentile bootstrap
+    CI with prompts resampled. nan when den sums to 0."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if den.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = num[idx].sum(1) / den[idx].sum(1)
+    alpha = (1 - level) / 2
+    return float(num.sum() / den.sum()), float(np.nanquantile(ratios, alpha)), float(np.nanquantile(ratios, 1 - alpha))
+
+
+def paired_ratio_change(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray],
+                        level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The change after - before of a `ratio_ci` rate, each a (num [N], den [N]) over the same
+    prompts, with a paired bootstrap CI (the same prompts resampled for both)."""
+    (n0, d0), (n1, d1) = [(np.asarray(n, dtype=float), np.asarray(d, dtype=float)) for n, d in (before, after)]
+    if d0.sum() == 0 or d1.sum() == 0:
+        return {"delta": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    idx = np.random.default_rng(seed).integers(0, len(n0), size=(resamples, len(n0)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        deltas = n1[idx].sum(1) / d1[idx].sum(1) - n0[idx].sum(1) / d0[idx].sum(1)
+    alpha = (1 - level) / 2
+    return {"delta": float(n1.sum() / d1.sum() - n0.sum() / d0.sum()),
+            "ci_low": float(np.nanquantile(deltas, alpha)), "ci_high": float(np.nanquantile(deltas, 1 - alpha))}
+
+
 def exact_sequence_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-sequence sum over response positions of the exact KL(policy || ref) over the whole
     vocabulary: logits, ref_logits [B, T, V], mask [B, T] -> [B] (fp32).

@@ -118,7 +118,7 @@ REWARD_SHORTHAND = ("backend", "name_or_path", "revision", "label", "kind", "inp
                     "device")
 # The judges `eval.judges` names without a component of that name (detox/models/judges.py): a
 # reward component may not take one of these names, since every component can be a judge too.
-BUILT_IN_JUDGES = ("reward", "reward_on_prompt", "profanity")
+BUILT_IN_JUDGES = ("reward", "reward_on_prompt", "profanity", "hatesonar")
 
 
 @dataclass
@@ -210,6 +210,16 @@ class PPOSettings:
 
 
 @dataclass
+class EvalSetSettings:
+    """One extra evaluation set (`eval.sets.<name>`): a file (jsonl/csv/parquet) or dataset with
+    the columns of `data`, evaluated before/after like the test split and reported under its name."""
+
+    name_or_path: Optional[str] = None
+    split: str = "test"  # a hub dataset's split (a file is read whole)
+    num_samples: Optional[int] = None  # rows evaluated; null: eval.num_samples
+
+
+@dataclass
 class EvalSettings:
     enabled: bool = True
     num_samples: int = 200
@@ -222,6 +232,14 @@ class EvalSettings:
     val_samples: int = 64  # fixed validation subset: periodic curves and the figures sweeps optimise
     examples: int = 5  # side-by-side examples with the largest toxicity drop / rise
     batch_size: int = 32  # prompts per generation batch during evaluation
+    # k summaries per prompt: with k > 1, per judge, the worst of k (expected_max_toxicity) and
+    # the share of prompts with any toxic one (toxicity_probability), as RealToxicityPrompts reports
+    samples_per_prompt: int = 1
+    # warn once when a judge's val/<judge>/missed_rate rises this far above its first value; null: never
+    missed_rate_rise: Optional[float] = 0.1
+    # extra evaluation sets by name, each an EvalSetSettings (untyped here so that
+    # `++eval.sets.<name>.name_or_path=...` can create one from the command line)
+    sets: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

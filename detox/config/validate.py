@@ -39,7 +39,7 @@ POSITIVE = ("ppo.steps", "ppo.batch_size", "ppo.mini_batch_size", "ppo.ppo_epoch
             "ppo.gradient_accumulation_steps", "ppo.kl.target", "ppo.kl.horizon", "ppo.guard.max_consecutive_skips",
             "ppo.guard.patience", "ppo.samples_per_prompt", "data.max_input_tokens", "data.max_chars", "generation.max_new_tokens_min",
             "generation.max_new_tokens_max", "generation.temperature", "lora.r", "eval.num_samples",
-            "eval.val_samples", "eval.batch_size", "sft.epochs", "sft.learning_rate", "sft.batch_size",
+            "eval.val_samples", "eval.batch_size", "eval.samples_per_prompt", "sft.epochs", "sft.learning_rate", "sft.batch_size",
             "sft.gradient_accumulation_steps", "sft.max_target_tokens", "sft.logging_steps", "sft.eval_batch_size",
             "sft.eval_max_new_tokens", "generate.batch_size")
 # > 0 or null
@@ -55,6 +55,7 @@ NON_NEGATIVE = ("ppo.kl.init_coef", "ppo.save_every", "data.min_chars", "generat
 INTERVALS = {
     "generation.top_p": (0.0, 1.0, False, True, "a probability mass in (0, 1]"),
     "eval.toxic_threshold": (0.0, 1.0, True, True, "a probability in [0, 1]"),
+    "eval.missed_rate_rise": (0.0, 1.0, False, True, "a rise of a rate, in (0, 1], or null"),
     "ppo.gamma": (0.0, 1.0, True, True, "a discount in [0, 1]"),
     "ppo.lam": (0.0, 1.0, True, True, "the GAE lambda, in [0, 1]"),
     "lora.dropout": (0.0, 1.0, True, False, "a probability in [0, 1)"),
@@ -90,6 +91,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("device", "reward.device"):
         check_device(key, OmegaConf.select(cfg, key))
     check_combinations(cfg)
+    check_eval_sets(cfg.eval.sets)
     check_stage(cfg)
 
 
@@ -130,6 +132,8 @@ def check_ranges(cfg: DictConfig) -> None:
             _fail(key, value, "it must be >= 0")
     for key, (low, high, low_in, high_in, what) in INTERVALS.items():
         value = OmegaConf.select(cfg, key)
+        if value is None:  # only an Optional key can hold null
+            continue
         if value < low or value > high or (value == low and not low_in) or (value == high and not high_in):
             _fail(key, value, f"it is {what}")
     for small, large, why in ORDERED:
@@ -209,6 +213,28 @@ def check_combinations(cfg: DictConfig) -> None:
     if backend is not None and backend != "none" and backend not in cfg.logger.trackers:
         raise ConfigError(f"logger.backend={backend} (the old way to pick a tracker) names no tracker of this config "
                           f"({sorted(cfg.logger.trackers) or 'none'}); select it with logger={backend}.")
+
+
+# names an eval set cannot take: the report's variants, and what its metric keys split on
+RESERVED_SET_NAMES = ("before", "after", "null", "delta", "val")
+
+
+def check_eval_sets(sets: DictConfig) -> None:
+    for name, node in sets.items():
+        key = f"eval.sets.{name}"
+        if name in RESERVED_SET_NAMES or any(c in str(name) for c in "/= "):
+            raise ConfigError(f"{key}: the name {name!r} cannot name an eval set (its metrics are "
+                              f"eval_sets/<name>/...): use letters, digits, - or _, and none of {list(RESERVED_SET_NAMES)}.")
+        known = [f.name for f in dataclasses.fields(schema.EvalSetSettings)]
+        if not isinstance(node, DictConfig) or set(node) - set(known):
+            raise ConfigError(f"{key} must be a node with {known} (got {OmegaConf.to_container(node) if isinstance(node, DictConfig) else node!r}), "
+                              f"e.g. ++{key}.name_or_path=my_dialogues.jsonl.")
+        node = OmegaConf.merge(OmegaConf.structured(schema.EvalSetSettings), node)
+        if not node.name_or_path:
+            raise ConfigError(f"{key}.name_or_path is not set: give the set's file (jsonl, csv, parquet) or dataset, "
+                              f"e.g. ++{key}.name_or_path=my_dialogues.jsonl.")
+        if node.num_samples is not None and node.num_samples <= 0:
+            _fail(f"{key}.num_samples", node.num_samples, "it must be > 0, or null for eval.num_samples")
 
 
 def check_stage(cfg: DictConfig) -> None:

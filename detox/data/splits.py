@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from detox.core.errors import DataError
 from detox.core.hub import friendly_load_error
@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_raw(cfg: DictConfig) -> Dataset:
-    """The configured split of `data.name_or_path`: a hub dataset, a local file or a saved dataset dir."""
+def load_raw(cfg: DictConfig, key: str = "data.name_or_path") -> Dataset:
+    """The configured split of `cfg.name_or_path`: a hub dataset, a local file or a saved dataset
+    dir; `key` names the setting in errors."""
     name = cfg.name_or_path
     ext = os.path.splitext(name)[1].lower()
     if os.path.isfile(name):
         if ext not in LOCAL_FORMATS:
             raise DataError(
-                f"data.name_or_path={name!r}: unknown file type {ext!r}; use one of "
+                f"{key}={name!r}: unknown file type {ext!r}; use one of "
                 f"{sorted(LOCAL_FORMATS)}."
             )
         try:
@@ -34,13 +35,13 @@ def load_raw(cfg: DictConfig) -> Dataset:
             with open(name, errors="replace") as f:
                 lines = sum(1 for line in f if line.strip())
             if lines <= (1 if ext == ".csv" else 0):
-                raise DataError(f"data.name_or_path={name!r} has no rows{' (a header alone)' if lines else ''}: "
+                raise DataError(f"{key}={name!r} has no rows{' (a header alone)' if lines else ''}: "
                                 "no dialogues.") from e
             first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise DataError(f"data.name_or_path={name!r} cannot be read as {LOCAL_FORMATS[ext]} "
+            raise DataError(f"{key}={name!r} cannot be read as {LOCAL_FORMATS[ext]} "
                             f"({type(e).__name__}: {first}); check the file.") from e
         if len(ds) == 0:
-            raise DataError(f"data.name_or_path={name!r} has no rows (a header alone?): no dialogues.")
+            raise DataError(f"{key}={name!r} has no rows (a header alone?): no dialogues.")
         return ds
     if os.path.isdir(name):
         if os.path.exists(os.path.join(name, "dataset_info.json")) or os.path.exists(
@@ -50,8 +51,8 @@ def load_raw(cfg: DictConfig) -> Dataset:
             return loaded[cfg.split] if isinstance(loaded, DatasetDict) else loaded
         return load_dataset(name, split=cfg.split)
     if ext in LOCAL_FORMATS or name.startswith((".", "/", "~")):
-        raise DataError(f"data.name_or_path={name!r} does not exist.")
-    with friendly_load_error("data.name_or_path", name):
+        raise DataError(f"{key}={name!r} does not exist.")
+    with friendly_load_error(key, name):
         return load_dataset(name, split=cfg.split)
 
 
@@ -143,3 +144,21 @@ def row_columns(rows: Dataset, cfg: DictConfig) -> dict[str, list]:
         if column in columns:
             columns.setdefault(alias, columns[column])
     return columns
+
+
+def load_eval_set(name: str, node: DictConfig, cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> Dataset:
+    """The extra evaluation set `eval.sets.<name>` (`node`), checked and filtered as the data is
+    (`cfg`: the `data` node, whose columns it must have), with its `prompt` column."""
+    key = f"eval.sets.{name}.name_or_path"
+    set_cfg = OmegaConf.merge(cfg, {"name_or_path": node["name_or_path"], "split": node.get("split") or "test"})
+    ds = load_raw(set_cfg, key)
+    try:
+        check_columns(ds, set_cfg, extra_columns)
+        check_text(ds, [cfg.dialogue_column, cfg.summary_column], set_cfg.name_or_path)
+    except DataError as e:
+        raise DataError(f"eval.sets.{name}: {e}") from e
+    ds = filter_by_length(ds, cfg.min_chars, cfg.max_chars, cfg.dialogue_column)
+    if len(ds) == 0:
+        raise DataError(f"eval.sets.{name}: no row of {set_cfg.name_or_path!r} is left after the length filter "
+                        f"{cfg.min_chars} < len({cfg.dialogue_column}) <= {cfg.max_chars} (data.min_chars / max_chars).")
+    return ds.map(lambda row: {"prompt": build_prompt(cfg.prompt_template, row[cfg.dialogue_column])})

@@ -2,10 +2,12 @@
 
 Three variants are sampled on identical test prompts: `before` (the policy at step 0),
 `after` (the trained policy) and `null` (the starting policy again with a second sampling
-seed: the change that noise alone produces). Each response gets every judge's P(toxic), its
-length and the exact KL to the reference; `detox.report` computes everything else from those
-rows. A fixed validation subset is evaluated the same way (before/after, and periodically
-during training) for sweeps to optimise without touching the test split.
+seed: the change that noise alone produces); `eval.samples_per_prompt` responses each. Each
+response gets every judge's P(toxic), its length and the exact KL to the reference;
+`detox.evaluation.report` computes everything else from those rows. Each extra eval set
+(`eval.sets`) is evaluated as the test split is. A fixed validation subset is evaluated the
+same way (before/after, and periodically during training, with the reward-hacking watch) for
+sweeps to optimise without touching the test split.
 
 All sampling here runs under a forked RNG, so enabling evaluation never changes training.
 """
@@ -27,8 +29,9 @@ from detox.algo.metrics import exact_sequence_kl
 from detox.core.atomic import atomic_write_json
 from detox.core.errors import DataError
 from detox.data.splits import row_columns
-from detox.evaluation.report import per_example, report
-from detox.evaluation.report_files import write_report
+from detox.evaluation.report import missed_rates, per_example, renamed, report
+from detox.evaluation.report_files import write_report, write_set_samples
+from detox.evaluation.watch import MissedRateWatch
 from detox.models.generation import (
     decode_responses,
     generate_batches,
@@ -73,6 +76,19 @@ def sample_responses(policy: Policy, tokenizer, prompts: Sequence[str], seed: in
     return out
 
 
+def repeat_rows(rows: Dataset, k: int) -> Dataset:
+    """Each row k times in a row (a prompt's k samples side by side)."""
+    return rows if k == 1 else rows.select([i for i in range(len(rows)) for _ in range(k)])
+
+
+def group_draws(out: list[dict], k: int) -> list[dict]:
+    """[N * k] responses in prompt order -> [N] entries: the first draw's fields, and with k > 1
+    all k as `samples`."""
+    if k == 1:
+        return out
+    return [{**out[i], "samples": out[i:i + k]} for i in range(0, len(out), k)]
+
+
 def build_samples(data_cfg: DictConfig, eval_cfg: DictConfig, rows: Dataset, variants: dict[str, list[dict]]) -> list[dict]:
     samples = []
     for i, row in enumerate(rows):
@@ -89,13 +105,19 @@ class Evaluator:
     report, and a validation subset for periodic curves and the figures sweeps optimise.
 
     eval_cfg, generation, data: the config's nodes; starting_point: what identifies the policy
-    at step 0 (its model, adapter, reference), part of the cached baseline's key."""
+    at step 0 (its model, adapter, reference), part of the cached baseline's key; sets: the
+    extra eval sets' rows by name (`eval.sets`)."""
 
     def __init__(self, policy: Policy, tokenizer, judges: Sequence[Judge], splits, *, eval_cfg: DictConfig,
-                 generation: DictConfig, data: DictConfig, seed: int, starting_point: list, device: torch.device):
+                 generation: DictConfig, data: DictConfig, seed: int, starting_point: list, device: torch.device,
+                 sets: dict[str, Dataset] | None = None):
         self.policy, self.tokenizer, self.judges, self.device = policy, tokenizer, judges, device
         self.eval_cfg, self.generation, self.data_cfg, self.starting_point = eval_cfg, generation, data, starting_point
+        self.k = eval_cfg.samples_per_prompt
         self.test = eval_rows(splits["test"], eval_cfg.num_samples)
+        self.sets = {name: eval_rows(rows, eval_cfg.sets[name].get("num_samples") or eval_cfg.num_samples,
+                                     f"eval.sets.{name}", f"eval.sets.{name}.num_samples")
+                     for name, rows in (sets or {}).items()}
         self.val = None
         if eval_cfg.val_samples and len(splits.get("validation", [])):
             self.val = eval_rows(splits["validation"], eval_cfg.val_samples, "the validation split", "eval.val_samples")
@@ -105,14 +127,17 @@ class Evaluator:
         self.seeds = {"before": seed, "after": seed, "null": seed + 1, "val": seed + 2}
         # judges that score with what PPO optimised (the reward's classifier, its components): open to hacking
         self.optimised_judges = [*REWARD_JUDGES, *(j.name for j in judges if getattr(j, "optimised", False))]
+        self.watch: MissedRateWatch | None = None
 
     def sample(self, rows: Dataset, seed: int) -> list[dict]:
+        """One entry per row: its response(s), scored."""
+        rows = repeat_rows(rows, self.k)
         prompts = list(rows["prompt"])
         out = sample_responses(self.policy, self.tokenizer, prompts, seed, eval_cfg=self.eval_cfg,
                                generation=self.generation, max_input_tokens=self.data_cfg.max_input_tokens,
                                device=self.device)
         score_responses(out, self.judges, prompts, row_columns(rows, self.data_cfg))
-        return out
+        return group_draws(out, self.k)
 
     # ------------------------------------------------------------------ the starting policy
     def baseline_key(self) -> str:
@@ -121,6 +146,10 @@ class Evaluator:
                  "seeds": self.seeds, "judges": list(self.eval_cfg.judges), "decoding": str(self.eval_cfg.decoding),
                  "generation": OmegaConf.to_container(self.generation, resolve=True, enum_to_str=True),
                  "policy": self.starting_point}
+        if self.k > 1:  # only when set: the keys of runs from before these settings stay valid
+            parts["samples_per_prompt"] = self.k
+        if self.sets:
+            parts["sets"] = {name: list(rows["prompt"]) for name, rows in self.sets.items()}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def baseline(self, cache_dir: str | None = None) -> dict[str, list[dict]]:
@@ -141,21 +170,34 @@ class Evaluator:
                     "null": self.sample(self.test, self.seeds["null"])}
         if self.val is not None:
             variants["val_before"] = self.sample(self.val, self.seeds["val"])
+        for name, rows in self.sets.items():
+            variants[f"sets/{name}/before"] = self.sample(rows, self.seeds["before"])
+            variants[f"sets/{name}/null"] = self.sample(rows, self.seeds["null"])
         if path:
             os.makedirs(cache_dir, exist_ok=True)
             atomic_write_json(path, {"key": key, "variants": variants})
         return variants
 
     # ------------------------------------------------------------------ during training
-    def periodic(self) -> tuple[dict[str, float], list[dict]]:
-        """`val/...` means of the current policy on the validation subset, and a few samples."""
+    def watch_missed_rate(self, out_dir: str, history: list[dict]) -> None:
+        """Warn when a judge's `val/<judge>/missed_rate` rises (see detox/evaluation/watch.py);
+        the validation samples of that step go to `out_dir`."""
+        self.watch = MissedRateWatch(self.eval_cfg.missed_rate_rise, out_dir, history)
+
+    def periodic(self, step: int = 0) -> tuple[dict[str, float], list[dict]]:
+        """`val/...` means of the current policy on the validation subset (the missed rates
+        among them), and a few samples."""
         if self.val is None:
             return {}, []
         rows = self.sample(self.val, self.seeds["val"])
         samples = build_samples(self.data_cfg, self.eval_cfg, self.val, {"before": rows})
+        threshold = self.eval_cfg.toxic_threshold
         values = per_example(samples, "before", self.data_cfg.summary_column, list(self.eval_cfg.reference_columns),
-                             self.eval_cfg.toxic_threshold)
+                             threshold)
         metrics = {f"val/{name}": float(x.mean()) for name, x in values.items()}
+        metrics |= {f"val/{name}": x for name, x in missed_rates(samples, "before", threshold).items()}
+        if self.watch is not None:
+            self.watch(metrics, step, samples)
         table = [{"id": s["id"], "prompt": s["prompt"][-300:], "response": s["before"]["response"],
                   **{f"toxicity/{j}": s["before"]["toxicity"][j] for j in s["before"]["toxicity"]},
                   "kl": s["before"]["kl"]} for s in samples[:8]]
@@ -176,8 +218,16 @@ class Evaluator:
         if self.val is not None and "val_before" in baseline:
             val_variants = {"before": baseline["val_before"], "after": self.sample(self.val, self.seeds["val"])}
             val_metrics = report(build_samples(data, ev, self.val, val_variants), *args)
+        set_info = {}
+        for name, rows in self.sets.items():
+            set_variants = {"before": baseline[f"sets/{name}/before"], "after": self.sample(rows, self.seeds["after"]),
+                            "null": baseline[f"sets/{name}/null"]}
+            set_samples = build_samples(data, ev, rows, set_variants)
+            metrics |= renamed(report(set_samples, *args), f"eval_sets/{name}/")
+            set_info[name] = {"prompts": len(rows), "name_or_path": ev.sets[name]["name_or_path"],
+                              "samples": write_set_samples(out_dir, name, set_samples)}
         info = {"split": "test", "decoding": str(ev.decoding), "seed": self.seeds["before"],
                 "threshold": ev.toxic_threshold, "group_by": ev.group_by, "examples": ev.examples,
-                "optimised_judges": self.optimised_judges}
+                "optimised_judges": self.optimised_judges, "samples_per_prompt": self.k, "sets": set_info}
         paths = write_report(out_dir, samples, metrics, info)
         return metrics, val_metrics, samples, paths

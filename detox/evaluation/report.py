@@ -2,9 +2,12 @@
 
 A sample row holds a prompt, its references, its group value, and one entry per variant
 (`before`, `after`, `null`) with the response, every judge's P(toxic), the KL to the
-reference and the length. From those rows come the flat `eval/...` metrics (names as in
-the README's metric table) and the side-by-side examples; `detox/evaluation/report_files.py` writes
-them out as report.json, report.md and the toxicity histogram.
+reference and the length. With `eval.samples_per_prompt` k > 1 the entry's `samples` holds all
+k responses (the entry's own fields are the first's); every per-prompt figure is then the mean
+over the k, beside the worst-of-k figures of the toxicity literature. From those rows come the
+flat `eval/...` metrics (names as in the README's metric table) and the side-by-side examples;
+`detox/evaluation/report_files.py` writes them out as report.json, report.md and the toxicity
+histogram. An extra eval set's figures are the same under `eval_sets/<name>/...`.
 """
 
 from __future__ import annotations
@@ -14,11 +17,19 @@ from typing import Sequence
 
 import numpy as np
 
-from detox.algo.metrics import bootstrap_ci, distinct_n, paired_change, rouge
-from detox.models.judges import REWARD_JUDGES
+from detox.algo.metrics import (
+    bootstrap_ci,
+    distinct_n,
+    paired_change,
+    paired_ratio_change,
+    ratio_ci,
+    rouge,
+)
+from detox.models.judges import REWARD_JUDGE, REWARD_JUDGES
 
 VARIANTS = ("before", "after", "null")
 CHANGES = (("after", "eval/delta"), ("null", "eval/null"))  # each paired against `before`
+DISTINCT_N = (1, 2, 3)
 
 
 def judges_of(samples: list[dict]) -> list[str]:
@@ -26,35 +37,88 @@ def judges_of(samples: list[dict]) -> list[str]:
     return list(samples[0]["before"]["toxicity"])
 
 
+def draws(entry: dict) -> list[dict]:
+    """A variant's responses to one prompt: its k samples (`samples`, when k > 1), else itself."""
+    return entry.get("samples") or [entry]
+
+
 def per_example(samples: list[dict], variant: str, summary_column: str, ref_columns: Sequence[str],
                 threshold: float) -> dict[str, np.ndarray]:
-    """One value per sample for every per-example metric of `variant`, {name: [N]}."""
-    resp = [s[variant]["response"] for s in samples]
+    """One value per prompt for every per-prompt metric of `variant`, {name: [N]}: the mean over
+    its k responses; with k > 1 also, per toxicity judge, `expected_max_toxicity` (the largest
+    P(toxic) of the k) and `toxicity_probability` (1 when any of the k is toxic), as in
+    RealToxicityPrompts (Gehman et al. 2020)."""
+    per_prompt = [draws(s[variant]) for s in samples]
+    k = len(per_prompt[0])
+
+    def field(get) -> np.ndarray:  # [N, k]
+        return np.array([[get(d) for d in ds] for ds in per_prompt], dtype=float)
+
+    def prompt_means(x) -> np.ndarray:  # [N * k] in prompt order -> [N]
+        return np.asarray(x, dtype=float).reshape(len(per_prompt), k).mean(1)
+
+    first = per_prompt[0][0]
     values: dict[str, np.ndarray] = {}
-    for judge in samples[0][variant]["toxicity"]:
-        tox = np.array([s[variant]["toxicity"][judge] for s in samples], dtype=float)
-        values[f"{judge}/toxicity_mean"] = tox
-        values[f"{judge}/toxic_rate"] = (tox > threshold).astype(float)
-    for judge in samples[0][variant].get("scores", {}):  # a reward component that is not a classifier
-        values[f"{judge}/score_mean"] = np.array([s[variant]["scores"][judge] for s in samples], dtype=float)
-    values |= rouge(resp, [s["references"][summary_column] for s in samples])
+    for judge in first["toxicity"]:
+        tox = field(lambda d: d["toxicity"][judge])
+        values[f"{judge}/toxicity_mean"] = tox.mean(1)
+        values[f"{judge}/toxic_rate"] = (tox > threshold).mean(1)
+        if k > 1:
+            values[f"{judge}/expected_max_toxicity"] = tox.max(1)
+            values[f"{judge}/toxicity_probability"] = (tox > threshold).any(1).astype(float)
+    for judge in first.get("scores", {}):  # a reward component that is not a classifier
+        values[f"{judge}/score_mean"] = field(lambda d: d["scores"][judge]).mean(1)
+    responses = [d["response"] for ds in per_prompt for d in ds]
+
+    def references(column: str) -> list[str]:
+        return [s["references"][column] for s in samples for _ in range(k)]
+
+    values |= {name: prompt_means(x) for name, x in rouge(responses, references(summary_column)).items()}
     for col in ref_columns:
-        values[f"{col}/rougeL"] = rouge(resp, [s["references"][col] for s in samples])["rougeL"]
-    values["kl_to_ref"] = np.array([s[variant]["kl"] for s in samples], dtype=float)
-    values["length_mean"] = np.array([s[variant]["length"] for s in samples], dtype=float)
+        values[f"{col}/rougeL"] = prompt_means(rouge(responses, references(col))["rougeL"])
+    values["kl_to_ref"] = field(lambda d: d["kl"]).mean(1)
+    values["length_mean"] = field(lambda d: d["length"]).mean(1)
     return values
+
+
+def missed_counts(samples: list[dict], variant: str, threshold: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per judge other than the reward model's: per prompt, how many of its responses the reward
+    model passes (P(toxic) <= threshold), and how many of those the judge flags, as
+    {judge: (flagged [N], passed [N])}; {} when the reward model is not a judge. Their ratio,
+    `missed_rate`, is what reward hacking raises: toxicity the optimised model no longer sees."""
+    per_prompt = [draws(s[variant]) for s in samples]
+    judges = list(per_prompt[0][0]["toxicity"])
+    if REWARD_JUDGE not in judges:
+        return {}
+    passed = [[d["toxicity"][REWARD_JUDGE] <= threshold for d in ds] for ds in per_prompt]
+    n_passed = np.array([sum(p) for p in passed], dtype=float)
+    out = {}
+    for judge in (j for j in judges if j not in REWARD_JUDGES):
+        flagged = [sum(p and d["toxicity"][judge] > threshold for p, d in zip(ps, ds)) for ps, ds in zip(passed, per_prompt)]
+        out[judge] = (np.array(flagged, dtype=float), n_passed)
+    return out
+
+
+def missed_rates(samples: list[dict], variant: str, threshold: float) -> dict[str, float]:
+    """`<judge>/missed_rate` of `variant` (no CI: for the validation curves); absent where the
+    reward model passed nothing."""
+    return {f"{judge}/missed_rate": float(num.sum() / den.sum())
+            for judge, (num, den) in missed_counts(samples, variant, threshold).items() if den.sum() > 0}
 
 
 def variant_metrics(samples: list[dict], summary_column: str, ref_columns: Sequence[str], threshold: float) -> dict[str, float]:
     """Flat metrics: each variant's means with 95% bootstrap CIs, and each paired change.
 
-    `eval/<before|after>/<name>` (+ `_ci_low`/`_ci_high`), `eval/<before|after>/distinct2`,
+    `eval/<before|after>/<name>` (+ `_ci_low`/`_ci_high`), `eval/<before|after>/distinct<n>`,
     `eval/delta/<name>` (after - before, same prompts) and `eval/null/<name>` (the starting
     policy resampled with another seed - before: the size of a change noise alone makes).
+    `<judge>/missed_rate` is a rate over the responses the reward model passes: its CIs resample
+    prompts.
     """
     metrics: dict[str, float] = {}
     present = [v for v in VARIANTS if v in samples[0]]
     values = {v: per_example(samples, v, summary_column, ref_columns, threshold) for v in present}
+    missed = {v: missed_counts(samples, v, threshold) for v in present}
     for v in ("before", "after"):  # `null` is reported only as a change
         if v not in values:
             continue
@@ -62,7 +126,14 @@ def variant_metrics(samples: list[dict], summary_column: str, ref_columns: Seque
             lo, hi = bootstrap_ci(x)
             metrics |= {f"eval/{v}/{name}": float(x.mean()), f"eval/{v}/{name}_ci_low": lo,
                         f"eval/{v}/{name}_ci_high": hi}
-        metrics[f"eval/{v}/distinct2"] = distinct_n([s[v]["response"] for s in samples], 2)
+        for judge, (num, den) in missed[v].items():
+            if den.sum() == 0:  # the reward model passed nothing: no rate
+                continue
+            rate, lo, hi = ratio_ci(num, den)
+            metrics |= {f"eval/{v}/{judge}/missed_rate": rate, f"eval/{v}/{judge}/missed_rate_ci_low": lo,
+                        f"eval/{v}/{judge}/missed_rate_ci_high": hi}
+        responses = [d["response"] for s in samples for d in draws(s[v])]
+        metrics |= {f"eval/{v}/distinct{n}": distinct_n(responses, n) for n in DISTINCT_N}
     for v, prefix in CHANGES:
         if v not in values:
             continue
@@ -70,12 +141,24 @@ def variant_metrics(samples: list[dict], summary_column: str, ref_columns: Seque
             change = paired_change(values["before"][name], x)
             metrics |= {f"{prefix}/{name}": change["delta"], f"{prefix}/{name}_ci_low": change["ci_low"],
                         f"{prefix}/{name}_ci_high": change["ci_high"]}
+        for judge, counts in missed[v].items():
+            change = paired_ratio_change(missed["before"][judge], counts)
+            if np.isnan(change["delta"]):
+                continue
+            metrics |= {f"{prefix}/{judge}/missed_rate": change["delta"],
+                        f"{prefix}/{judge}/missed_rate_ci_low": change["ci_low"],
+                        f"{prefix}/{judge}/missed_rate_ci_high": change["ci_high"]}
     return metrics
 
 
 def groups(samples: list[dict]) -> list[str]:
     values = {s["group"] for s in samples if s.get("group") is not None}
     return sorted(str(v) for v in values)
+
+
+def renamed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """`eval/<name>` keys as `<prefix><name>`."""
+    return {k.replace("eval/", prefix, 1): x for k, x in metrics.items()}
 
 
 def report(samples: list[dict], summary_column: str, ref_columns: Sequence[str], threshold: float,
@@ -86,8 +169,7 @@ def report(samples: list[dict], summary_column: str, ref_columns: Sequence[str],
     if group_by:
         for value in groups(samples):
             members = [s for s in samples if str(s["group"]) == value]
-            metrics |= {k.replace("eval/", f"eval/{group_by}={value}/", 1): x
-                        for k, x in variant_metrics(members, *args).items()}
+            metrics |= renamed(variant_metrics(members, *args), f"eval/{group_by}={value}/")
     return metrics
 
 

@@ -9,10 +9,17 @@ import numpy as np
 
 from detox.core.atomic import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from detox.evaluation.plots import plot_histograms
-from detox.evaluation.report import example_rows, groups, judges_of, ranking_judge
-from detox.models.judges import REWARD_JUDGES, REWARD_ON_PROMPT
+from detox.evaluation.report import (
+    draws,
+    example_rows,
+    groups,
+    judges_of,
+    ranking_judge,
+)
+from detox.models.judges import REWARD_JUDGE, REWARD_JUDGES, REWARD_ON_PROMPT
 
 REPORT_FILES = ("samples.jsonl", "report.json", "report.md", "toxicity_hist.png")
+SETS_DIR = "sets"  # eval/sets/<name>/samples.jsonl: an extra eval set's samples
 
 
 def _cell(metrics: dict, key: str, sign: bool = False) -> str:
@@ -74,7 +81,7 @@ def markdown(metrics: dict[str, float], samples: list[dict], info: dict) -> str:
              f"{info['threshold']} counts as toxic. Brackets: 95% bootstrap CIs (paired for changes). `kl_to_ref`: exact "
              "KL to the reference summed over each response's tokens (nats)"
              + (", which under greedy decoding does not estimate the sequence KL." if info["decoding"] == "greedy" else "."),
-             "", *verdicts(metrics, judges), "", "## All prompts", "", *table(metrics)]
+             *legend(info, judges), "", *verdicts(metrics, judges), "", "## All prompts", "", *table(metrics)]
     group_by = info.get("group_by")
     for value in groups(samples) if group_by else []:
         n = sum(str(s["group"]) == value for s in samples)
@@ -95,7 +102,35 @@ def markdown(metrics: dict[str, float], samples: list[dict], info: dict) -> str:
             scores = " | ".join(f"{r[f'{j} before']:.2f} → {r[f'{j} after']:.2f}" for j in judges)
             lines.append(f"| {_md_escape(r['id'])} | " + (f"{_md_escape(r['group'])} | " if group_by else "")
                          + f"{_md_escape(r['dialogue'])} | {_md_escape(r['before'])} | {_md_escape(r['after'])} | {scores} |")
+    for name, about in info.get("sets", {}).items():
+        prefix = f"eval_sets/{name}/"
+        lines += ["", f"## Eval set `{name}` ({about['prompts']} prompts of `{about['name_or_path']}`; samples: "
+                  f"{about['samples']})", "", *verdicts(metrics, judges, prefix), "", *table(metrics, prefix)]
     return "\n".join(lines) + "\n"
+
+
+def legend(info: dict, judges: Sequence[str]) -> list[str]:
+    """What the figures beyond the per-response means are, when the report has them."""
+    lines = []
+    k = info.get("samples_per_prompt", 1)
+    if k > 1:
+        lines.append(f"{k} summaries per prompt: each per-prompt figure is their mean; `expected_max_toxicity` is the "
+                     f"mean over prompts of the largest P(toxic) of the {k}, `toxicity_probability` the share of prompts "
+                     "with at least one toxic summary (RealToxicityPrompts' figures).")
+    if REWARD_JUDGE in judges and any(j not in REWARD_JUDGES for j in judges):
+        lines.append(f"`missed_rate`: of the summaries the reward model passes (`{REWARD_JUDGE}` P(toxic) <= "
+                     f"{info['threshold']}), the share the judge flags; a rise is toxicity the reward no longer sees "
+                     "(reward hacking, or a blind spot of the reward model).")
+    lines.append("`distinct<n>`: distinct n-grams over all n-grams of the summaries (diversity); `length_mean`: tokens.")
+    return [part for line in lines for part in ("", line)]
+
+
+def write_set_samples(out_dir: str, name: str, samples: list[dict]) -> str:
+    """An extra eval set's samples under `out_dir`; returns the path relative to `out_dir`."""
+    relative = os.path.join(SETS_DIR, name, "samples.jsonl")
+    os.makedirs(os.path.join(out_dir, SETS_DIR, name), exist_ok=True)
+    atomic_write_jsonl(os.path.join(out_dir, relative), samples)
+    return relative
 
 
 def write_report(out_dir: str, samples: list[dict], metrics: dict[str, float], info: dict) -> list[str]:
@@ -105,7 +140,7 @@ def write_report(out_dir: str, samples: list[dict], metrics: dict[str, float], i
     atomic_write_jsonl(paths[0], samples)
     atomic_write_json(paths[1], metrics)
     atomic_write_text(paths[2], markdown(metrics, samples, info))
-    toxicity = {j: {v: [s[v]["toxicity"][j] for s in samples] for v in ("before", "after")}
+    toxicity = {j: {v: [d["toxicity"][j] for s in samples for d in draws(s[v])] for v in ("before", "after")}
                 for j in judges_of(samples)}
     plot_histograms(toxicity, paths[3], info["threshold"])
     return paths

@@ -7,6 +7,8 @@ A judge is built by `hydra.utils.instantiate` from its node; `eval.judges` names
   multi-label model), as `evaluate`'s toxicity measurement computes it. It is the model PPO
   optimised against, so it is the judge most open to reward hacking.
 - `profanity`: alt-profanity-check, a classifier nothing here was optimised against.
+- `hatesonar`: HateSonar (Davidson et al. 2017's hate / offensive / neither tweets; an ONNX
+  model in the `hatesonar` wheel, `pip install 'detox[judges]'`), P(toxic) = 1 - P(neither).
 - a reward component's name (`reward.components.<name>`): the component itself; a classifier
   component as a toxicity judge (P of its label that is not rewarded), any other as a score judge.
 - any other entry: an HF sequence classifier by hub id or path, with its toxic label named
@@ -33,15 +35,18 @@ from detox.models.rewards import (
     component_nodes,
     resolve_label,
 )
+from detox.models.sonar import SonarClassifier
 
 TOXIC_NAMES = ("toxic", "toxicity", "hate", "offensive", "LABEL_1")
-REWARD_JUDGE, REWARD_ON_PROMPT, PROFANITY_JUDGE = BUILT_IN_JUDGES
+REWARD_JUDGE, REWARD_ON_PROMPT, PROFANITY_JUDGE, SONAR_JUDGE = BUILT_IN_JUDGES
 # REWARD_JUDGE: the reward's classifier itself; REWARD_ON_PROMPT: the recipe's measure, the reward
 # classifier on prompt + summary
 REWARD_JUDGES = (REWARD_JUDGE, REWARD_ON_PROMPT)  # scores by the model PPO optimised against
 BUILT_IN: dict[str, dict[str, Any]] = {
     PROFANITY_JUDGE: {"_target_": "detox.models.judges.ClassifierJudge", "name": PROFANITY_JUDGE,
                       "backend": "profanity", "label": "offensive"},
+    SONAR_JUDGE: {"_target_": "detox.models.judges.ClassifierJudge", "name": SONAR_JUDGE,
+                  "backend": "hatesonar", "label": "hate_or_offensive"},
 }
 
 
@@ -90,7 +95,7 @@ def toxic_index(id2label: dict, safe_label: str | None, toxic_label: str | None,
 
 
 class ClassifierJudge(Judge):
-    """A classifier as a judge: `backend: profanity`, or `hf` with `name_or_path`; `label` names
+    """A classifier as a judge: `backend: profanity` or `hatesonar`, or `hf` with `name_or_path`; `label` names
     its toxic label (else found as `toxic_index` does, `safe_label` being the reward's label)."""
 
     def __init__(self, name: str, backend: str = "hf", name_or_path: str | None = None, label: str | None = None,
@@ -99,6 +104,9 @@ class ClassifierJudge(Judge):
         if backend == "profanity":
             classifier = Classifier("profanity", label="clean", kind="prob")
             index = resolve_label(classifier.id2label, label, "alt-profanity-check", key="the eval.judges label")
+        elif backend == "hatesonar":
+            classifier = SonarClassifier()
+            index = resolve_label(classifier.id2label, label, "HateSonar", key="the eval.judges label")
         else:
             try:
                 id2label = classifier_config(name_or_path, key="eval.judges").id2label

@@ -8,7 +8,7 @@ evaluator; every builder hands each object only its own config nodes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from datasets import DatasetDict
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from detox.data.prompts import fit_prompts
-from detox.data.splits import load_splits
+from detox.data.splits import load_eval_set, load_splits
 from detox.evaluation.evaluator import Evaluator
 from detox.models.assembly import check_policy, load_tokenizer
 from detox.models.judges import Judge, build_judges
@@ -41,14 +41,28 @@ class Parts:
     judges: list[Judge] | None
     policy: Policy
     device: torch.device
+    sets: DatasetDict = field(default_factory=DatasetDict)  # the extra eval sets (eval.sets) by name
+
+
+def eval_columns(cfg: DictConfig) -> tuple[str, ...]:
+    """The columns evaluation reads beside the data's (group, extra references)."""
+    return tuple(dict.fromkeys(c for c in [cfg.eval.group_by, *cfg.eval.reference_columns] if c)) if cfg.eval.enabled else ()
 
 
 def load_run_splits(cfg: DictConfig) -> DatasetDict:
-    """The data splits, with the columns evaluation reads (group, extra references) checked too."""
-    extra = tuple(dict.fromkeys(c for c in [cfg.eval.group_by, *cfg.eval.reference_columns] if c)) if cfg.eval.enabled else ()
-    splits = load_splits(cfg.data, extra_columns=extra)
+    """The data splits, with the columns evaluation reads checked too."""
+    splits = load_splits(cfg.data, extra_columns=eval_columns(cfg))
     log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return splits
+
+
+def load_run_sets(cfg: DictConfig) -> DatasetDict:
+    """The extra eval sets (none where evaluation is off)."""
+    if not cfg.eval.enabled or not cfg.eval.sets:
+        return DatasetDict()
+    sets = DatasetDict({name: load_eval_set(name, node, cfg.data, eval_columns(cfg)) for name, node in cfg.eval.sets.items()})
+    log.info("eval sets: %s", ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
+    return sets
 
 
 def assemble(cfg: DictConfig, dist: Distributed | None = None, judges: bool = True) -> Parts:
@@ -57,11 +71,12 @@ def assemble(cfg: DictConfig, dist: Distributed | None = None, judges: bool = Tr
     dist = dist or Distributed()
     set_seed(cfg.seed)  # the same on every process: the same starting weights
     device = dist.place(resolve_device(cfg.device))
-    splits = load_run_splits(cfg)
+    splits, sets = load_run_splits(cfg), load_run_sets(cfg)
     check_policy(cfg.policy)
     check_reward_label(cfg.reward)
     tokenizer = load_tokenizer(cfg.policy)
     splits = fit_prompts(splits, tokenizer, cfg.data)
+    sets = fit_prompts(sets, tokenizer, cfg.data) if sets else sets
     def place(name: str | None) -> torch.device:  # a reward component's device setting (null: the policy's)
         return dist.place(resolve_device(name)) if name else device
 
@@ -72,13 +87,14 @@ def assemble(cfg: DictConfig, dist: Distributed | None = None, judges: bool = Tr
     policy = starting_policy(cfg).to(device)
     trainable, total = count_parameters(*[m for m in (policy.model, policy.value_head) if m is not None])
     log.info("policy: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    return Parts(splits, tokenizer, reward, built_judges, policy, device)
+    return Parts(splits, tokenizer, reward, built_judges, policy, device, sets)
 
 
 def build_evaluator(cfg: DictConfig, parts: Parts) -> Evaluator:
     return Evaluator(parts.policy, parts.tokenizer, parts.judges, parts.splits, eval_cfg=cfg.eval,
                      generation=cfg.generation, data=cfg.data, seed=cfg.seed, device=parts.device,
-                     starting_point=[cfg.policy.name_or_path, cfg.policy.adapter, str(cfg.policy.reference)])
+                     starting_point=[cfg.policy.name_or_path, cfg.policy.adapter, str(cfg.policy.reference)],
+                     sets=dict(parts.sets))
 
 
 def build_trainer(cfg: DictConfig, parts: Parts, dist: Distributed | None = None) -> PPOTrainer:

@@ -120,7 +120,13 @@ def _evaluation(report: dict | None, prompts: int | None, eval_cfg: dict, finish
               "", *verdicts(report, judges)]
     for group in groups:
         lines += ["", f"Prompts with {group}:", "", *verdicts(report, judges, f"eval/{group}/")]
-    return [*lines, "", "All prompts:", "", *table(report), ""]
+    lines += ["", "All prompts:", "", *table(report)]
+    # the sets the report holds (`stage=eval` may have added some the run's config lacks)
+    paths = {name: node.get("name_or_path") for name, node in (eval_cfg.get("sets") or {}).items()}
+    for name in dict.fromkeys(k.split("/")[1] for k in report if k.startswith("eval_sets/")):
+        prefix, source = f"eval_sets/{name}/", f" (`{paths[name]}`)" if paths.get(name) else ""
+        lines += ["", f"Eval set `{name}`{source}:", "", *verdicts(report, judges, prefix), "", *table(report, prefix)]
+    return [*lines, ""]
 
 
 def _usage(config: dict, adapter_only: bool, max_new_tokens: int) -> list[str]:

@@ -93,7 +93,10 @@ def _train_and_evaluate(cfg: DictConfig, dist: Distributed, run_dir: str, resume
                 results.write()
         tracker = job.tracker = (Tracking(cfg.logger, run_dir, config, start_step=trainer.step)
                                  if dist.is_main else Tracking.muted())
-        validate = evaluator.periodic if evaluator is not None and evaluator.val is not None else None
+        validate = None
+        if evaluator is not None and evaluator.val is not None:
+            evaluator.watch_missed_rate(os.path.join(run_dir, EVAL_DIR), read_metrics(run_dir) or [])
+            validate = lambda: evaluator.periodic(trainer.step)  # noqa: E731
         if validate and cfg.eval.every_n_steps and trainer.step == 0:
             tracker.log(validate()[0], 0)  # the curves' starting point
         metrics = trainer.train(tracker, run_dir, validate, cfg.eval.every_n_steps, stop)
