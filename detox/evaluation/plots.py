@@ -62,12 +62,19 @@ def plot_curves(rows: list[dict], path: str) -> str:
     axes[2].plot(steps, series("objective/kl_coef"), color="tab:blue")
     axes[2].set_ylim(bottom=0, top=max(1e-3, float(np.nanmax(series("objective/kl_coef")))) * 1.5)
     axes[2].set_title("KL coefficient (objective/kl_coef)")
-    for key in val_keys:
+    missed = {k for r in rows for k in r if k.startswith("val/") and k.endswith("/missed_rate")}
+    for key, color in zip(val_keys, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(val_keys)):
+        judge = key.split("/")[1]
         ok = ~np.isnan(series(key))
-        axes[3].plot(steps[ok], series(key)[ok], "o-", ms=3, label=key.split("/")[1])
+        axes[3].plot(steps[ok], series(key)[ok], "o-", ms=3, color=color, label=judge)
+        if f"val/{judge}/missed_rate" in missed:  # what the reward model passes and this judge flags
+            rate = series(f"val/{judge}/missed_rate")
+            ok = ~np.isnan(rate)
+            axes[3].plot(steps[ok], rate[ok], "x--", ms=4, lw=1, color=color, label=f"{judge} missed_rate")
     if val_keys:
         axes[3].set_ylim(0, 1)
-        axes[3].set_title("validation toxicity (val/<judge>/toxicity_mean)")
+        axes[3].set_title("validation: toxicity_mean, missed_rate (--)" if missed else
+                          "validation toxicity (val/<judge>/toxicity_mean)")
         axes[3].legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("PPO step")
