@@ -92,3 +92,11 @@ def test_assets_are_small():
     total = sum(os.path.getsize(os.path.join(d, f)) for name in ("tiny-t5", "tiny-roberta-hate")
                 for d, _, files in os.walk(asset_path(name)) for f in files)
     assert total < 10 * 2**20
+
+
+def test_blind_spot_eval_sets_are_reproducible():
+    build = load_script("build_quickstart_assets")  # its --blind-spot mode wrote them
+    sets = build.make_eval_sets(min_chars=200, max_chars=1000)  # conf/data/bundled.yaml
+    for name, rows in sets.items():
+        with open(asset_path(f"blind_spot/{name}.jsonl")) as f:
+            assert [json.loads(line) for line in f] == rows, name

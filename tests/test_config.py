@@ -108,7 +108,7 @@ def test_cli_help_and_cfg_job(tmp_path):
     import sys
 
     out = subprocess.run([sys.executable, "-m", "detox", "--help"], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0 and "experiment: lab3, quickstart" in out.stdout
+    assert out.returncode == 0 and "experiment: blind_spot, lab3, quickstart" in out.stdout
     out = subprocess.run([sys.executable, "-m", "detox", "experiment=lab3", "--cfg", "job"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0
