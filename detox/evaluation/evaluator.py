@@ -115,7 +115,8 @@ class Evaluator:
         self.eval_cfg, self.generation, self.data_cfg, self.starting_point = eval_cfg, generation, data, starting_point
         self.k = eval_cfg.samples_per_prompt
         self.test = eval_rows(splits["test"], eval_cfg.num_samples)
-        self.sets = {name: eval_rows(rows, eval_cfg.sets[name].get("num_samples") or eval_cfg.num_samples,
+        # a set's own num_samples warns when the set is smaller; eval.num_samples, its default, does not
+        self.sets = {name: eval_rows(rows, eval_cfg.sets[name].get("num_samples") or min(eval_cfg.num_samples, len(rows)),
                                      f"eval.sets.{name}", f"eval.sets.{name}.num_samples")
                      for name, rows in (sets or {}).items()}
         self.val = None
