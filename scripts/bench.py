@@ -6,7 +6,8 @@
     python scripts/bench.py --vs-commit ac62045      # this tree against another commit, interleaved
     python scripts/bench.py --vs-commit HEAD --this ppo.compile=true   # a setting against the default
     python scripts/bench.py --size base --memory     # peak memory: shared-base reference vs a frozen copy
-    python scripts/bench.py --size base --device cuda --dtype bfloat16 --batch 16 --new-tokens 100 400
+    python scripts/bench.py --lengths recipe --vs-commit 3cfd0d8   # the recipe's shapes, vs a commit
+    python scripts/bench.py --size base --device cuda --dtype bfloat16 --batch 16 --lengths recipe
 
 In one process it alternates two ways of doing the same work on the same models and shapes:
 
@@ -24,6 +25,10 @@ object. The first step of each side is warm-up and not counted.
 
 `--new-tokens N` makes every response exactly N tokens (EOS suppressed until then), so both
 sides and both commits do the same work; `--new-tokens MIN MAX` samples caps as a run does.
+`--lengths recipe` (or `MIN:MAX`) draws each prompt's length from the recipe's 100-400 new
+tokens (or the range given) and makes each response exactly that long, on the bundled
+dialogues' prompts (200-1000 characters): the recipe's shapes, where one long row sets the
+width of a padded batch. (The raw baseline computes on the padded batch, as plain code does.)
 `--size bart-large` / `--size t5gemma-2b` build bart-large-cnn's (406M) / t5gemma-2b-2b's (5.6B,
 in bf16) architecture instead (with `--no-raw`: the raw baseline is written for T5).
 `--size base` builds a T5 with flan-t5-base's architecture (248M parameters) from its config
@@ -163,6 +168,11 @@ def overrides_for(args, paths: dict[str, str]) -> list[str]:
         out += [f"policy.name_or_path={paths['policy']}", "lora.r=32", "lora.alpha=32", f"lora.target_modules={modules}"]
     if "reward" in paths:
         out += [f"reward.name_or_path={paths['reward']}"]
+    if args.lengths:  # each response exactly its cap: EOS suppressed past the largest one
+        low, high = lengths_range(args.lengths)
+        out += [f"generation.max_new_tokens_min={low}", f"generation.max_new_tokens_max={high}",
+                f"generation.min_length={high + 1}"]
+        return out + list(args.overrides)
     low, high = (args.new_tokens[0], args.new_tokens[0] + 1) if len(args.new_tokens) == 1 else args.new_tokens
     out += [f"generation.max_new_tokens_min={low}", f"generation.max_new_tokens_max={high}"]
     if len(args.new_tokens) == 1:  # EOS suppressed until N tokens (the decoder start token counts)
@@ -170,6 +180,22 @@ def overrides_for(args, paths: dict[str, str]) -> list[str]:
     if args.gen_batch:
         out += [f"generation.batch_size={args.gen_batch}"]
     return out + list(args.overrides)
+
+
+RECIPE_LENGTHS = (100, 400)  # the recipe's caps: LengthSampler(100, 400) new tokens per prompt
+
+
+def lengths_range(spec: str) -> tuple[int, int]:
+    """`recipe` or `MIN:MAX`: the range response lengths are drawn from (uniform, per prompt)."""
+    if spec == "recipe":
+        return RECIPE_LENGTHS
+    try:
+        low, high = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise SystemExit(f"--lengths {spec!r}: use recipe or MIN:MAX (e.g. 20:200)") from None
+    if not 0 < low < high:
+        raise SystemExit(f"--lengths {spec!r}: need 0 < MIN < MAX")
+    return low, high
 
 
 def machine(args) -> dict:
@@ -461,6 +487,10 @@ def main() -> None:
     ap.add_argument("--mini-batch", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, nargs="+", default=[40], metavar="N")
+    ap.add_argument("--lengths", default=None, metavar="recipe|MIN:MAX",
+                    help="response lengths drawn per prompt from [MIN, MAX) (recipe: 100:400, the recipe's caps), "
+                         "each response exactly its length; the prompts are the bundled dialogues (200-1000 "
+                         "characters). Replaces --new-tokens")
     ap.add_argument("--gen-batch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip the raw baseline")
@@ -490,7 +520,7 @@ def main() -> None:
     overrides = [f"output_dir={tmp}/run", *overrides_for(args, paths)]
     report = {"machine": machine(args), "size": args.size, "device": args.device, "dtype": args.dtype,
               "batch": args.batch, "mini_batch": args.mini_batch, "epochs": args.epochs,
-              "new_tokens": args.new_tokens, "steps": args.steps, "overrides": overrides[1:], "this": args.this}
+              "new_tokens": args.new_tokens, "lengths": args.lengths, "steps": args.steps, "overrides": overrides[1:], "this": args.this}
 
     if args.memory:
         sides = {ref: Worker(overrides, args, reference=ref, raw=False) for ref in ("shared", "copy")}
@@ -519,7 +549,7 @@ def main() -> None:
         ratios = {f"/{sha[:8]}": ("this", sha[:8]), **({"/raw": ("this", "raw")} if args.raw else {})}
         report.update(medians=columns, ratios={name: {k: columns[a][k] / columns[b][k] for k in [*PHASES, "total"]
                                                       if columns[b].get(k)} for name, (a, b) in ratios.items()})
-        text = table("median", columns, ratios)
+        text = table("median", columns, ratios) + "".join(f"\npeak memory, {k}: {v}" for k, v in report["memory"].items())
     else:
         side = Side(overrides, args.reference, raw=args.raw)
         rows = {"project": [], "raw": []}
@@ -539,8 +569,9 @@ def main() -> None:
         m = report["machine"]
         what = "peak memory over 2 steps" if args.memory else f"medians of {args.steps} steps"
         print(f"{args.size} on {args.device} ({m['cpu']}, {m['threads']} threads), {args.dtype}, batch {args.batch}, "
-              f"mini-batch {args.mini_batch}, {args.epochs} epoch(s), new tokens {args.new_tokens}, "
-              f"{what}; torch {m['torch']}, transformers {m['transformers']}")
+              f"mini-batch {args.mini_batch}, {args.epochs} epoch(s), "
+              + (f"lengths {args.lengths} {lengths_range(args.lengths)}, " if args.lengths else f"new tokens {args.new_tokens}, ")
+              + f"{what}; torch {m['torch']}, transformers {m['transformers']}")
         print(text)
 
 

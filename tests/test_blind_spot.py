@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 
-import numpy as np
 import pytest
 from conftest import make_cfg
 from omegaconf import OmegaConf

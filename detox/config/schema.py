@@ -181,6 +181,10 @@ class PPOSettings:
     mini_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     forward_batch_size: Optional[int] = None  # rows per no-grad rollout forward; null: the whole batch
+    # Mini-batches of rows of similar lengths (each epoch: shuffled, sorted by prompt + response
+    # width, cut into mini-batches taken in random order), so each is cut to less padding; false:
+    # plain shuffled mini-batches (old TRL's). Changes which responses share a mini-batch.
+    group_by_length: bool = False
     compile: bool = False  # torch.compile the forward/backward of the PPO updates
     ppo_epochs: int = 1
     advantage: AdvantageName = AdvantageName.gae  # a name registered in detox/algo/advantages.py

@@ -56,6 +56,33 @@ class Seq2SeqBatch:
         return Seq2SeqBatch(self.input_ids[index], self.attention_mask[index], self.decoder_input_ids[index],
                             self.response_ids[index], self.mask[index])
 
+    def row_widths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, on the CPU: the prompt's used width (1 + its last attended column) and the
+        response's (1 + its last masked column), each [B] long (at least 1). One host sync."""
+        columns = torch.arange(1, self.input_ids.shape[1] + 1, device=self.input_ids.device)
+        prompt = (self.attention_mask.ne(0) * columns).amax(1)
+        columns = torch.arange(1, self.mask.shape[1] + 1, device=self.mask.device)
+        response = (self.mask.ne(0) * columns).amax(1)
+        widths = torch.stack([prompt, response]).clamp(min=1).cpu()
+        return widths[0], widths[1]
+
+    def cut(self, prompt: int, response: int) -> "Seq2SeqBatch":
+        """These rows with only the first `prompt` prompt columns and `response` response columns.
+        Cutting trailing columns no row uses changes no kept position's values (to float rounding:
+        other shapes, other kernel blocking): the encoder masks padding and the decoder is causal.
+        Leading columns are never cut: that would shift a left-padded prompt's absolute positions."""
+        if prompt == self.input_ids.shape[1] and response == self.response_ids.shape[1]:
+            return self
+        prefix = self.decoder_input_ids.shape[1] - self.response_ids.shape[1]  # the family's start tokens - 1
+        return Seq2SeqBatch(self.input_ids[:, :prompt], self.attention_mask[:, :prompt],
+                            self.decoder_input_ids[:, :prefix + response], self.response_ids[:, :response],
+                            self.mask[:, :response])
+
+    def trimmed(self) -> "Seq2SeqBatch":
+        """`cut` to the widest prompt and response of these rows."""
+        prompt, response = self.row_widths()
+        return self.cut(int(prompt.max()), int(response.max()))
+
 
 @dataclass(frozen=True)
 class SpecialTokens:

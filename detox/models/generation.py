@@ -65,6 +65,15 @@ def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationCo
         yield family.to_batch(enc["input_ids"], enc["attention_mask"], sequences, tokens)
 
 
+def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct rows of x [B, S] (a prompt sampled k times is one): (unique [U, S], inverse
+    [B]: each row's index in unique, first [U]: a row of x for each unique one)."""
+    unique, inverse = torch.unique(x, dim=0, return_inverse=True)
+    first = torch.zeros(len(unique), dtype=torch.long, device=inverse.device).scatter_(
+        0, inverse, torch.arange(len(inverse), device=inverse.device))
+    return unique, inverse, first
+
+
 @torch.no_grad()
 def sample_capped(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: GenerationConfig,
                   caps: np.ndarray, chunk: int | None) -> tuple[Seq2SeqBatch, torch.Tensor]:
@@ -78,9 +87,7 @@ def sample_capped(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     for i in range(0, len(input_ids), chunk):
         rows = slice(i, i + chunk)
         # A prompt sampled k times (ppo.samples_per_prompt) is encoded once.
-        unique, inverse = torch.unique(input_ids[rows], dim=0, return_inverse=True)
-        first = torch.zeros(len(unique), dtype=torch.long, device=inverse.device).scatter_(
-            0, inverse, torch.arange(len(inverse), device=inverse.device))
+        unique, inverse, first = distinct_rows(input_ids[rows])
         encoded = policy.encode(unique, attention_mask[rows][first])
         encoded.last_hidden_state = encoded.last_hidden_state[inverse]
         states.append(encoded.last_hidden_state)

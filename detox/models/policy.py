@@ -142,10 +142,18 @@ class Policy(nn.Module):
         return PolicyOutput(self._tempered(out.logits), values, out.hidden if keep_hidden else None, out.aux_loss)
 
     @torch.no_grad()
-    def reference_logits(self, batch: Seq2SeqBatch) -> torch.Tensor:
-        """The frozen reference's logits [B, T, V] for `batch`, at the sampling temperature."""
+    def reference_logits(self, batch: Seq2SeqBatch, encoder_states: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen reference's logits [B, T, V] for `batch`, at the sampling temperature;
+        encoder_states [B, S, H] (the reference's, from `reference_encode`) skip its encoder."""
+        outputs = None if encoder_states is None else self.family.encoder_outputs(encoder_states)
         with self.reference() as ref, self.autocast():
-            return self._tempered(self.family.forward(ref, batch, self.special_tokens).logits)
+            return self._tempered(self.family.forward(ref, batch, self.special_tokens, encoder_outputs=outputs).logits)
+
+    @torch.no_grad()
+    def reference_encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The frozen reference's encoder states [B, S, H] of these prompts."""
+        with self.reference() as ref, self.autocast():
+            return self.family.encode(ref, input_ids, attention_mask).last_hidden_state
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:

@@ -16,7 +16,7 @@ from transformers import GenerationConfig
 
 from detox.algo.tokens import logprobs_from_logits, token_entropy
 from detox.models.families import Seq2SeqBatch
-from detox.models.generation import decode_responses, sample_capped
+from detox.models.generation import decode_responses, distinct_rows, sample_capped
 from detox.models.policy import Policy, PolicyOutput
 from detox.models.rewards import Reward
 
@@ -62,9 +62,10 @@ class Rollout:
                  "kl": k1[i], "length": lengths[i], **rank} for i in range(len(self.responses))]
 
 
-def row_chunks(n: int, size: int, device: torch.device) -> list[torch.Tensor]:
-    """Row indices 0..n-1 in chunks of `size`."""
-    return [torch.arange(i, min(i + size, n), device=device) for i in range(0, n, size)]
+def padded_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[b, t, ...] -> [b, width, ...] with zeros after column t (a cut chunk back to the batch's width)."""
+    extra = width - x.shape[1]
+    return x if extra == 0 else torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, extra))
 
 
 def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = False,
@@ -74,6 +75,16 @@ def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = 
     return out, logprobs_from_logits(out.logits, batch.response_ids)
 
 
+def reference_logits(policy: Policy, part: Seq2SeqBatch) -> torch.Tensor:
+    """The reference's logits of `part`, its encoder run once per distinct prompt (the k
+    responses to a prompt of the critic-free estimators share it, as sampling does)."""
+    unique, inverse, first = distinct_rows(part.input_ids)
+    if len(unique) == len(part):
+        return policy.reference_logits(part)
+    states = policy.reference_encode(unique, part.attention_mask[first])
+    return policy.reference_logits(part, encoder_states=states[inverse])
+
+
 @torch.no_grad()
 def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str], ids: list, caps: np.ndarray, *,
                     gen_config: GenerationConfig, max_input_tokens: int, generate_chunk: int | None,
@@ -81,9 +92,11 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
                     keep_hidden: bool = False, columns: dict[str, list] | None = None) -> Rollout:
     """Sample one response per prompt (each cut at its own length cap), score it (`columns`: the
     prompts' dataset columns, for the reward components that read them), and take the
-    per-token statistics PPO needs, `forward_chunk` rows per forward pass. The policy's forward
-    reuses the encoder states of the sampling; the reference runs its own encoder (the adapter
-    acts on it too). keep_hidden: keep the decoder's last hidden state (`Rollout.hidden`).
+    per-token statistics PPO needs, `forward_chunk` rows per forward pass (with several chunks,
+    rows of similar lengths together), each chunk cut to its own widest prompt and response (the
+    statistics are 0 after a row's response). The policy's forward reuses the encoder states
+    of the sampling; the reference runs its own encoder (the adapter acts on it too), once per
+    distinct prompt. keep_hidden: keep the decoder's last hidden state (`Rollout.hidden`).
     Phase times go to `timings` (`perf/..._s`)."""
     enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_input_tokens,
                     return_tensors="pt").to(device)
@@ -98,9 +111,17 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
 
     t0 = time.perf_counter()
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "entropy", "hidden")}
-    for rows in row_chunks(len(prompts), forward_chunk, device):
-        part = batch.rows(rows)
-        step = policy(part, encoder_states=encoder_states[rows], keep_hidden=keep_hidden)
+    prompt_widths, response_widths = batch.row_widths()
+    width = batch.response_ids.shape[1]
+    # Several chunks: rows of similar lengths together (each chunk is cut to its widest row),
+    # their statistics put back in the batch's order at the end.
+    order = (torch.argsort(prompt_widths + response_widths, stable=True) if forward_chunk < len(prompts)
+             else torch.arange(len(prompts)))
+    for chunk in order.split(forward_chunk):
+        rows = chunk.to(device)
+        prompt = int(prompt_widths[chunk].max())
+        part = batch.rows(rows).cut(prompt, int(response_widths[chunk].max()))
+        step = policy(part, encoder_states=encoder_states[rows, :prompt], keep_hidden=keep_hidden)
         out["logprobs"].append(logprobs_from_logits(step.logits, part.response_ids))
         out["entropy"].append(token_entropy(step.logits))
         if step.values is not None:
@@ -108,10 +129,11 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
         if keep_hidden:
             out["hidden"].append(step.hidden)
         del step
-        ref_logits = policy.reference_logits(part)
+        ref_logits = reference_logits(policy, part)
         out["ref_logprobs"].append(logprobs_from_logits(ref_logits, part.response_ids))
         del ref_logits
-    stats = {k: torch.cat(v) if v else None for k, v in out.items()}
+    back = torch.argsort(order).to(device)  # the batch's order
+    stats = {k: torch.cat([padded_to(x, width) for x in v])[back] if v else None for k, v in out.items()}
     timings["perf/forward_s"] = time.perf_counter() - t0
     return Rollout(batch=batch, scores=scores.total.to(device), prompts=prompts, responses=responses, ids=ids,
                    component_scores=scores.components, **stats)

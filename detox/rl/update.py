@@ -81,12 +81,12 @@ class PPOUpdate:
         skipped: list[str | None] = []
         generator = torch.Generator().manual_seed(self.seed * 100_003 + step)
         warmup = self.uses_values and step < cfg.value_warmup_steps
+        widths = torch.stack(r.batch.row_widths(), 1)  # [B, 2] on the CPU: each row's prompt and response width
         epochs_done = 0
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(r.prompts), generator=generator).to(self.device)
             epoch_start = len(stats["approxkl"])
-            for start in range(0, len(order), cfg.mini_batch_size):
-                skipped.append(self._minibatch(r, adv, order[start : start + cfg.mini_batch_size], warmup, stats))
+            for rows in self._minibatches(widths, generator):
+                skipped.append(self._minibatch(r, adv, rows, widths, warmup, stats))
             epochs_done += 1
             # Every process must take the same decision: the global mean approx-KL decides.
             if cfg.target_approx_kl:
@@ -95,14 +95,28 @@ class PPOUpdate:
                     break
         return self._summary(stats, epochs_done, skipped), skipped
 
-    def _minibatch(self, r: Rollout, adv: Advantages, minibatch: torch.Tensor, warmup: bool,
+    def _minibatches(self, widths: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """One epoch's mini-batches of row indices (CPU): a shuffled order cut in `mini_batch_size`
+        pieces; with `ppo.group_by_length`, the shuffled rows sorted by prompt + response width
+        first (stable: ties keep the shuffle), the pieces then taken in a random order."""
+        order = torch.randperm(len(widths), generator=generator)
+        if not self.ppo_cfg.group_by_length:
+            return list(order.split(self.ppo_cfg.mini_batch_size))
+        order = order[torch.argsort(widths[order].sum(1), stable=True)]
+        pieces = order.split(self.ppo_cfg.mini_batch_size)
+        return [pieces[i] for i in torch.randperm(len(pieces), generator=generator)]
+
+    def _minibatch(self, r: Rollout, adv: Advantages, minibatch: torch.Tensor, widths: torch.Tensor, warmup: bool,
                    stats: dict[str, list[torch.Tensor]]) -> str | None:
-        """One optimizer step over `minibatch` (gradient accumulation over its micro-batches);
-        None when applied, else why it was skipped."""
+        """One optimizer step over `minibatch` (CPU row indices; gradient accumulation over its
+        micro-batches, each cut to its own widest prompt and response: `widths` [B, 2]); None
+        when applied, else why it was skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         first, first_value = len(stats["policy"]), len(stats["value"])
         for m in range(0, len(minibatch), self.micro_batch_size):
-            loss = self._loss(r, adv, minibatch[m : m + self.micro_batch_size], warmup, stats)
+            rows = minibatch[m : m + self.micro_batch_size]
+            prompt, response = widths[rows].amax(0).tolist()
+            loss = self._loss(r, adv, rows.to(self.device), prompt, response, warmup, stats)
             (loss / self.ppo_cfg.gradient_accumulation_steps).backward()
         self.dist.average_gradients(self.trainable)
         reason, grad_norm = self._check_update(torch.stack(stats["policy"][first:] + stats["value"][first_value:]),
@@ -115,38 +129,43 @@ class PPOUpdate:
         self.optimizer.step()
         return None
 
-    def _loss(self, r: Rollout, adv: Advantages, rows: torch.Tensor, warmup: bool,
+    def _loss(self, r: Rollout, adv: Advantages, rows: torch.Tensor, prompt: int, response: int, warmup: bool,
               stats: dict[str, list[torch.Tensor]]) -> torch.Tensor:
-        """The loss of one micro-batch (policy + vf_coef x value [+ the KL term]); its
-        statistics appended to `stats`."""
+        """The loss of one micro-batch, `rows` cut to `prompt` prompt and `response` response
+        columns (no compute on columns none of them uses): policy + vf_coef x value [+ the KL
+        term]; its statistics appended to `stats`."""
         cfg = self.ppo_cfg
         aux = None
+
+        def cut(x: torch.Tensor) -> torch.Tensor:  # [B, T, ...] -> these rows' [b, response, ...]
+            return x[rows, :response]
+
         if warmup and r.hidden is not None:
             # The policy does not move in a warm-up step: its log-probs are the rollout's (ratio
             # 1), and the value head trains on the rollout's hidden states; no model pass.
-            logprobs, values = r.logprobs[rows], self.policy.value_head(r.hidden[rows])
+            logprobs, values = cut(r.logprobs), self.policy.value_head(cut(r.hidden))
         else:
-            out, logprobs = forward_logprobs(self.policy, r.batch.rows(rows), detach_values=warmup,
-                                             aux_loss=cfg.aux_loss and not warmup)
+            out, logprobs = forward_logprobs(self.policy, r.batch.rows(rows).cut(prompt, response),
+                                             detach_values=warmup, aux_loss=cfg.aux_loss and not warmup)
             values, aux = out.values, out.aux_loss
-        mask = r.mask[rows]
-        pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[rows], adv.advantages[rows], mask, cfg.cliprange)
+        mask, old_logprobs = cut(r.mask), cut(r.logprobs)
+        pg_loss, pg_stats = policy_loss(logprobs, old_logprobs, cut(adv.advantages), mask, cfg.cliprange)
         loss = 0.0 if warmup else pg_loss
         if cfg.kl.in_loss and adv.kl_coef > 0:  # GRPO's: coef x the estimator's KL to the reference, token mean
-            kl_term = masked_mean(kl_penalty(logprobs, r.ref_logprobs[rows], cfg.kl.estimator.value), mask)
+            kl_term = masked_mean(kl_penalty(logprobs, cut(r.ref_logprobs), cfg.kl.estimator.value), mask)
             loss = loss + adv.kl_coef * kl_term
         if aux is not None:  # the family's (Switch Transformers' routers), its own coefficients
             loss = loss + aux
             stats["aux"].append(aux.detach())
         if values is not None:
-            vf_loss, vf_stats = value_loss(values, r.values[rows], adv.returns[rows], mask, cfg.cliprange_value)
+            vf_loss, vf_stats = value_loss(values, cut(r.values), cut(adv.returns), mask, cfg.cliprange_value)
             loss = loss + cfg.vf_coef * vf_loss
             stats["value"].append(vf_loss.detach())
             stats["vf_clipfrac"].append(vf_stats["clipfrac"])
         stats["policy"].append(pg_loss.detach())
         stats["approxkl"].append(pg_stats["approxkl"])
         stats["clipfrac"].append(pg_stats["clipfrac"])
-        stats["ratio"].append(masked_mean(torch.exp(logprobs.detach() - r.logprobs[rows]), mask))
+        stats["ratio"].append(masked_mean(torch.exp(logprobs.detach() - old_logprobs), mask))
         return loss
 
     @staticmethod
