@@ -78,11 +78,6 @@ class Seq2SeqBatch:
                             self.decoder_input_ids[:, :prefix + response], self.response_ids[:, :response],
                             self.mask[:, :response])
 
-    def trimmed(self) -> "Seq2SeqBatch":
-        """`cut` to the widest prompt and response of these rows."""
-        prompt, response = self.row_widths()
-        return self.cut(int(prompt.max()), int(response.max()))
-
 
 @dataclass(frozen=True)
 class SpecialTokens:
