@@ -170,13 +170,13 @@ def overrides_for(args, paths: dict[str, str]) -> list[str]:
         out += [f"reward.name_or_path={paths['reward']}"]
     if args.lengths:  # each response exactly its cap: EOS suppressed past the largest one
         low, high = lengths_range(args.lengths)
-        out += [f"generation.max_new_tokens_min={low}", f"generation.max_new_tokens_max={high}",
-                f"generation.min_length={high + 1}"]
-        return out + list(args.overrides)
-    low, high = (args.new_tokens[0], args.new_tokens[0] + 1) if len(args.new_tokens) == 1 else args.new_tokens
+        forced = high + 1
+    else:  # N: EOS suppressed until N tokens (the decoder start token counts); MIN MAX: caps as a run draws them
+        low, high = (args.new_tokens[0], args.new_tokens[0] + 1) if len(args.new_tokens) == 1 else args.new_tokens
+        forced = low + 1 if len(args.new_tokens) == 1 else None
     out += [f"generation.max_new_tokens_min={low}", f"generation.max_new_tokens_max={high}"]
-    if len(args.new_tokens) == 1:  # EOS suppressed until N tokens (the decoder start token counts)
-        out += [f"generation.min_length={low + 1}"]
+    if forced is not None:
+        out += [f"generation.min_length={forced}"]
     if args.gen_batch:
         out += [f"generation.batch_size={args.gen_batch}"]
     return out + list(args.overrides)

@@ -358,6 +358,8 @@ def test_the_critic_free_reference_encodes_each_prompt_once(tiny_overrides, tmp_
     r = trainer.rollout(trainer.sampler.next_indices())
     hook.remove()
     assert rows == [2, 2]  # sampling, then the reference: 2 prompts of 4 samples each, once each
-    full = trainer.policy.reference_logits(r.batch)  # every row through the reference's own encoder
+    policy = trainer.policy
+    with torch.no_grad(), policy.reference() as ref:  # every row through the reference's own encoder
+        full = policy._tempered(policy.family.forward(ref, r.batch, policy.special_tokens).logits)
     assert torch.allclose(r.ref_logprobs * r.mask, logprobs_from_logits(full, r.batch.response_ids) * r.mask,
                           rtol=1e-5, atol=1e-6)

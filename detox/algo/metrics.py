@@ -30,13 +30,17 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
+def resample_indices(n: int, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """[resamples, n] indices of n items drawn with replacement: one bootstrap resample a row."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
 def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `values` [N] (paired differences for a change)."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    means = values[resample_indices(len(values), resamples, seed)].mean(axis=1)
     alpha = (1 - level) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
@@ -53,6 +57,17 @@ def paired_change(before: np.ndarray, after: np.ndarray, **ci_kwargs) -> dict[st
             "relative": float(delta.mean() / base) if base else float("nan")}
 
 
+def _ratios(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """sum(num) / sum(den) over each resample (a row of `idx`); nan where a resample's den is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num[idx].sum(1) / den[idx].sum(1)
+
+
+def _nan_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+    alpha = (1 - level) / 2
+    return float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha))
+
+
 def ratio_ci(num: np.ndarray, den: np.ndarray, level: float = 0.95, resamples: int = 2000,
              seed: int = 0) -> tuple[float, float, float]:
     """sum(num) / sum(den) of per-prompt counts [N] (a rate over a subset of responses, such as
@@ -61,11 +76,8 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, level: float = 0.95, resamples: i
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if den.sum() == 0:
         return float("nan"), float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = num[idx].sum(1) / den[idx].sum(1)
-    alpha = (1 - level) / 2
-    return float(num.sum() / den.sum()), float(np.nanquantile(ratios, alpha)), float(np.nanquantile(ratios, 1 - alpha))
+    ratios = _ratios(num, den, resample_indices(len(num), resamples, seed))
+    return (float(num.sum() / den.sum()), *_nan_interval(ratios, level))
 
 
 def paired_ratio_change(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray],
@@ -75,12 +87,9 @@ def paired_ratio_change(before: tuple[np.ndarray, np.ndarray], after: tuple[np.n
     (n0, d0), (n1, d1) = [(np.asarray(n, dtype=float), np.asarray(d, dtype=float)) for n, d in (before, after)]
     if d0.sum() == 0 or d1.sum() == 0:
         return {"delta": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
-    idx = np.random.default_rng(seed).integers(0, len(n0), size=(resamples, len(n0)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        deltas = n1[idx].sum(1) / d1[idx].sum(1) - n0[idx].sum(1) / d0[idx].sum(1)
-    alpha = (1 - level) / 2
-    return {"delta": float(n1.sum() / d1.sum() - n0.sum() / d0.sum()),
-            "ci_low": float(np.nanquantile(deltas, alpha)), "ci_high": float(np.nanquantile(deltas, 1 - alpha))}
+    idx = resample_indices(len(n0), resamples, seed)
+    low, high = _nan_interval(_ratios(n1, d1, idx) - _ratios(n0, d0, idx), level)
+    return {"delta": float(n1.sum() / d1.sum() - n0.sum() / d0.sum()), "ci_low": low, "ci_high": high}
 
 
 def exact_sequence_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -112,24 +112,33 @@ def split_dataset(ds: Dataset, test_size: float, val_size: float, shuffle: bool,
     return DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})
 
 
+def checked_and_filtered(ds: Dataset, cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> Dataset:
+    """`ds` checked (its columns, text in the text columns) and length-filtered as `data` says."""
+    check_columns(ds, cfg, extra_columns)
+    check_text(ds, [cfg.dialogue_column, cfg.summary_column], cfg.name_or_path)
+    return filter_by_length(ds, cfg.min_chars, cfg.max_chars, cfg.dialogue_column)
+
+
+def with_prompts(ds: Dataset | DatasetDict, cfg: DictConfig) -> Dataset | DatasetDict:
+    """`ds` with each row's `prompt`: the template around its dialogue."""
+    template, column = cfg.prompt_template, cfg.dialogue_column
+    return ds.map(lambda row: {"prompt": build_prompt(template, row[column])})
+
+
 def load_splits(cfg: DictConfig, extra_columns: tuple[str, ...] = ()) -> DatasetDict:
     """Load, check, filter, split and add a `prompt` column. `cfg` is the `data` config node."""
     ds = load_raw(cfg)
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.name_or_path!r} (split {cfg.split!r}) has no rows: no dialogues.")
-    check_columns(ds, cfg, extra_columns)
-    check_text(ds, [cfg.dialogue_column, cfg.summary_column], cfg.name_or_path)
     n_raw = len(ds)
-    ds = filter_by_length(ds, cfg.min_chars, cfg.max_chars, cfg.dialogue_column)
+    ds = checked_and_filtered(ds, cfg, extra_columns)
     if len(ds) < 3:
         raise DataError(
             f"dataset {cfg.name_or_path!r}: {len(ds)} of {n_raw} dialogues are left after the "
             f"length filter {cfg.min_chars} < len({cfg.dialogue_column}) <= {cfg.max_chars}; "
             "widen data.min_chars / data.max_chars or check data.dialogue_column."
         )
-    splits = split_dataset(ds, cfg.test_size, cfg.val_size, cfg.shuffle, cfg.split_seed)
-    template = cfg.prompt_template
-    splits = splits.map(lambda row: {"prompt": build_prompt(template, row[cfg.dialogue_column])})
+    splits = with_prompts(split_dataset(ds, cfg.test_size, cfg.val_size, cfg.shuffle, cfg.split_seed), cfg)
     if len(splits["train"]) == 0:
         raise DataError(f"the train split of {cfg.name_or_path!r} is empty; lower data.test_size/val_size.")
     return splits
@@ -153,12 +162,10 @@ def load_eval_set(name: str, node: DictConfig, cfg: DictConfig, extra_columns: t
     set_cfg = OmegaConf.merge(cfg, {"name_or_path": node["name_or_path"], "split": node.get("split") or "test"})
     ds = load_raw(set_cfg, key)
     try:
-        check_columns(ds, set_cfg, extra_columns)
-        check_text(ds, [cfg.dialogue_column, cfg.summary_column], set_cfg.name_or_path)
+        ds = checked_and_filtered(ds, set_cfg, extra_columns)
     except DataError as e:
         raise DataError(f"eval.sets.{name}: {e}") from e
-    ds = filter_by_length(ds, cfg.min_chars, cfg.max_chars, cfg.dialogue_column)
     if len(ds) == 0:
         raise DataError(f"eval.sets.{name}: no row of {set_cfg.name_or_path!r} is left after the length filter "
                         f"{cfg.min_chars} < len({cfg.dialogue_column}) <= {cfg.max_chars} (data.min_chars / max_chars).")
-    return ds.map(lambda row: {"prompt": build_prompt(cfg.prompt_template, row[cfg.dialogue_column])})
+    return with_prompts(ds, cfg)

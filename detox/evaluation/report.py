@@ -123,15 +123,11 @@ def variant_metrics(samples: list[dict], summary_column: str, ref_columns: Seque
         if v not in values:
             continue
         for name, x in values[v].items():
-            lo, hi = bootstrap_ci(x)
-            metrics |= {f"eval/{v}/{name}": float(x.mean()), f"eval/{v}/{name}_ci_low": lo,
-                        f"eval/{v}/{name}_ci_high": hi}
+            metrics |= with_ci(f"eval/{v}/{name}", float(x.mean()), *bootstrap_ci(x))
         for judge, (num, den) in missed[v].items():
             if den.sum() == 0:  # the reward model passed nothing: no rate
                 continue
-            rate, lo, hi = ratio_ci(num, den)
-            metrics |= {f"eval/{v}/{judge}/missed_rate": rate, f"eval/{v}/{judge}/missed_rate_ci_low": lo,
-                        f"eval/{v}/{judge}/missed_rate_ci_high": hi}
+            metrics |= with_ci(f"eval/{v}/{judge}/missed_rate", *ratio_ci(num, den))
         responses = [d["response"] for s in samples for d in draws(s[v])]
         metrics |= {f"eval/{v}/distinct{n}": distinct_n(responses, n) for n in DISTINCT_N}
     for v, prefix in CHANGES:
@@ -139,16 +135,18 @@ def variant_metrics(samples: list[dict], summary_column: str, ref_columns: Seque
             continue
         for name, x in values[v].items():
             change = paired_change(values["before"][name], x)
-            metrics |= {f"{prefix}/{name}": change["delta"], f"{prefix}/{name}_ci_low": change["ci_low"],
-                        f"{prefix}/{name}_ci_high": change["ci_high"]}
+            metrics |= with_ci(f"{prefix}/{name}", change["delta"], change["ci_low"], change["ci_high"])
         for judge, counts in missed[v].items():
             change = paired_ratio_change(missed["before"][judge], counts)
             if np.isnan(change["delta"]):
                 continue
-            metrics |= {f"{prefix}/{judge}/missed_rate": change["delta"],
-                        f"{prefix}/{judge}/missed_rate_ci_low": change["ci_low"],
-                        f"{prefix}/{judge}/missed_rate_ci_high": change["ci_high"]}
+            metrics |= with_ci(f"{prefix}/{judge}/missed_rate", change["delta"], change["ci_low"], change["ci_high"])
     return metrics
+
+
+def with_ci(key: str, value: float, low: float, high: float) -> dict[str, float]:
+    """A figure and its CI as flat metrics: `key`, `key_ci_low`, `key_ci_high`."""
+    return {key: value, f"{key}_ci_low": low, f"{key}_ci_high": high}
 
 
 def groups(samples: list[dict]) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import torch
@@ -58,13 +59,17 @@ class Seq2SeqBatch:
 
     def row_widths(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row, on the CPU: the prompt's used width (1 + its last attended column) and the
-        response's (1 + its last masked column), each [B] long (at least 1). One host sync."""
+        response's (1 + its last masked column), each [B] long (at least 1). One host sync, the
+        first time (the rollout's forwards and the update read the same batch's)."""
+        return self._widths[0], self._widths[1]
+
+    @cached_property
+    def _widths(self) -> torch.Tensor:  # [2, B]
         columns = torch.arange(1, self.input_ids.shape[1] + 1, device=self.input_ids.device)
         prompt = (self.attention_mask.ne(0) * columns).amax(1)
         columns = torch.arange(1, self.mask.shape[1] + 1, device=self.mask.device)
         response = (self.mask.ne(0) * columns).amax(1)
-        widths = torch.stack([prompt, response]).clamp(min=1).cpu()
-        return widths[0], widths[1]
+        return torch.stack([prompt, response]).clamp(min=1).cpu()
 
     def cut(self, prompt: int, response: int) -> "Seq2SeqBatch":
         """These rows with only the first `prompt` prompt columns and `response` response columns.

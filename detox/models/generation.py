@@ -65,15 +65,6 @@ def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationCo
         yield family.to_batch(enc["input_ids"], enc["attention_mask"], sequences, tokens)
 
 
-def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The distinct rows of x [B, S] (a prompt sampled k times is one): (unique [U, S], inverse
-    [B]: each row's index in unique, first [U]: a row of x for each unique one)."""
-    unique, inverse = torch.unique(x, dim=0, return_inverse=True)
-    first = torch.zeros(len(unique), dtype=torch.long, device=inverse.device).scatter_(
-        0, inverse, torch.arange(len(inverse), device=inverse.device))
-    return unique, inverse, first
-
-
 @torch.no_grad()
 def sample_capped(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: GenerationConfig,
                   caps: np.ndarray, chunk: int | None) -> tuple[Seq2SeqBatch, torch.Tensor]:
@@ -86,10 +77,7 @@ def sample_capped(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     pieces, states = [], []
     for i in range(0, len(input_ids), chunk):
         rows = slice(i, i + chunk)
-        # A prompt sampled k times (ppo.samples_per_prompt) is encoded once.
-        unique, inverse, first = distinct_rows(input_ids[rows])
-        encoded = policy.encode(unique, attention_mask[rows][first])
-        encoded.last_hidden_state = encoded.last_hidden_state[inverse]
+        encoded = policy.encode(input_ids[rows], attention_mask[rows])  # a prompt sampled k times: once
         states.append(encoded.last_hidden_state)
         pieces.append(policy.generate(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
                                       generation_config=gen, encoder_outputs=encoded,

@@ -120,9 +120,13 @@ class Policy(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The encoder's outputs (as `generate` computes them), in the compute dtype: passed to
-        `generate` and to `forward`, one encoder pass serves both."""
+        `generate` and to `forward`, one encoder pass serves both. A prompt that comes k times
+        (ppo.samples_per_prompt) is encoded once."""
+        unique, inverse, first = distinct_rows(input_ids)
         with self.autocast():
-            return self.family.encode(self.model, input_ids, attention_mask)
+            out = self.family.encode(self.model, unique, attention_mask[first])
+        out.last_hidden_state = out.last_hidden_state[inverse]
+        return out
 
     def forward(self, batch: Seq2SeqBatch, *, with_values: bool = True, detach_values: bool = False,
                 encoder_states: torch.Tensor | None = None, keep_hidden: bool = False,
@@ -142,18 +146,16 @@ class Policy(nn.Module):
         return PolicyOutput(self._tempered(out.logits), values, out.hidden if keep_hidden else None, out.aux_loss)
 
     @torch.no_grad()
-    def reference_logits(self, batch: Seq2SeqBatch, encoder_states: torch.Tensor | None = None) -> torch.Tensor:
-        """The frozen reference's logits [B, T, V] for `batch`, at the sampling temperature;
-        encoder_states [B, S, H] (the reference's, from `reference_encode`) skip its encoder."""
-        outputs = None if encoder_states is None else self.family.encoder_outputs(encoder_states)
+    def reference_logits(self, batch: Seq2SeqBatch) -> torch.Tensor:
+        """The frozen reference's logits [B, T, V] for `batch`, at the sampling temperature. A
+        prompt that comes k times is encoded once, as `encode` does for sampling."""
+        unique, inverse, first = distinct_rows(batch.input_ids)
         with self.reference() as ref, self.autocast():
+            outputs = None
+            if len(unique) < len(batch):
+                states = self.family.encode(ref, unique, batch.attention_mask[first]).last_hidden_state
+                outputs = self.family.encoder_outputs(states[inverse])
             return self._tempered(self.family.forward(ref, batch, self.special_tokens, encoder_outputs=outputs).logits)
-
-    @torch.no_grad()
-    def reference_encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The frozen reference's encoder states [B, S, H] of these prompts."""
-        with self.reference() as ref, self.autocast():
-            return self.family.encode(ref, input_ids, attention_mask).last_hidden_state
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
@@ -187,6 +189,15 @@ class Policy(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {n: t.detach().cpu().clone() for n, t in self.state_dict().items() if n in names}
+
+
+def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct rows of x [B, S] (a prompt sampled k times is one): (unique [U, S], inverse
+    [B]: each row's index in unique, first [U]: a row of x for each unique one)."""
+    unique, inverse = torch.unique(x, dim=0, return_inverse=True)
+    first = torch.zeros(len(unique), dtype=torch.long, device=inverse.device).scatter_(
+        0, inverse, torch.arange(len(inverse), device=inverse.device))
+    return unique, inverse, first
 
 
 def count_parameters(*modules: nn.Module) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from transformers import GenerationConfig
 
 from detox.algo.tokens import logprobs_from_logits, token_entropy
 from detox.models.families import Seq2SeqBatch
-from detox.models.generation import decode_responses, distinct_rows, sample_capped
+from detox.models.generation import decode_responses, sample_capped
 from detox.models.policy import Policy, PolicyOutput
 from detox.models.rewards import Reward
 
@@ -75,16 +75,6 @@ def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = 
     return out, logprobs_from_logits(out.logits, batch.response_ids)
 
 
-def reference_logits(policy: Policy, part: Seq2SeqBatch) -> torch.Tensor:
-    """The reference's logits of `part`, its encoder run once per distinct prompt (the k
-    responses to a prompt of the critic-free estimators share it, as sampling does)."""
-    unique, inverse, first = distinct_rows(part.input_ids)
-    if len(unique) == len(part):
-        return policy.reference_logits(part)
-    states = policy.reference_encode(unique, part.attention_mask[first])
-    return policy.reference_logits(part, encoder_states=states[inverse])
-
-
 @torch.no_grad()
 def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str], ids: list, caps: np.ndarray, *,
                     gen_config: GenerationConfig, max_input_tokens: int, generate_chunk: int | None,
@@ -129,11 +119,13 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
         if keep_hidden:
             out["hidden"].append(step.hidden)
         del step
-        ref_logits = reference_logits(policy, part)
+        ref_logits = policy.reference_logits(part)
         out["ref_logprobs"].append(logprobs_from_logits(ref_logits, part.response_ids))
         del ref_logits
-    back = torch.argsort(order).to(device)  # the batch's order
-    stats = {k: torch.cat([padded_to(x, width) for x in v])[back] if v else None for k, v in out.items()}
+    stats = {k: torch.cat([padded_to(x, width) for x in v]) if v else None for k, v in out.items()}
+    if len(order) > forward_chunk:  # back to the batch's order
+        back = torch.argsort(order).to(device)
+        stats = {k: x[back] if x is not None else None for k, x in stats.items()}
     timings["perf/forward_s"] = time.perf_counter() - t0
     return Rollout(batch=batch, scores=scores.total.to(device), prompts=prompts, responses=responses, ids=ids,
                    component_scores=scores.components, **stats)
