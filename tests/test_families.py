@@ -10,7 +10,7 @@ from conftest import make_cfg
 from omegaconf import OmegaConf
 from tiny_models import FAMILIES as TINY_FAMILIES
 from tiny_models import save_tiny_family, save_tiny_tower
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
 from detox.algo.tokens import logprobs_from_logits
 from detox.config.schema import typed_config
@@ -25,6 +25,7 @@ from detox.models.families import (
     register_family,
 )
 from detox.models.generation import model_generation_config
+from detox.models.sampling import sample
 from detox.rl.trainer import PPOTrainer
 from detox.runtime.checkpoint import load_trained
 from detox.stages.assemble import assemble, build_trainer
@@ -129,6 +130,30 @@ def test_a_family_starts_at_kl_zero_and_ratio_one(name, family_models, tiny_over
     assert metrics["ppo/policy/clipfrac"] == 0 and rollout.mask.sum() > 0
     assert any(".lora_A." in n for n, p in trainer.policy.named_parameters() if p.requires_grad)
     assert ("ppo/loss/aux" in metrics) == (name == "switch_transformers")  # the routers' loss joins the PPO loss
+
+
+@pytest.mark.parametrize("name", QUIRKY)
+def test_the_rollout_sampler_decodes_as_generate_does(name, family_models):
+    """Greedy (deterministic) decoding through `Seq2SeqFamily.decode_step`, rows leaving the batch
+    at their caps, gives `generate`'s tokens: the family's cache, encoder outputs and forced
+    first token travel through detox's own sampler as through transformers'."""
+    path = family_models(name)
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    family = family_of(model.config)
+    tokens = family.prepare(model)
+    enc = tok(["the a and to of is you", "summary of the conversation that you are", "you are"], padding=True,
+              return_tensors="pt")
+    caps = torch.tensor([5, 12, 9])
+    gen = GenerationConfig(do_sample=False, min_length=4, pad_token_id=tokens.pad, eos_token_id=tokens.eos,
+                           decoder_start_token_id=tokens.decoder_start, forced_bos_token_id=tokens.forced_bos)
+    with torch.no_grad():
+        states = family.encode(model, enc["input_ids"], enc["attention_mask"]).last_hidden_state
+        ours = sample(model, family, tokens, states, enc["attention_mask"], gen, caps)
+        theirs = model.generate(**enc, generation_config=gen, max_new_tokens=int(caps.max()) + tokens.prefix_length - 1)
+    a, b = (family.to_batch(enc["input_ids"], enc["attention_mask"], s, tokens, caps) for s in (ours, theirs))
+    assert torch.equal(a.mask.sum(1), caps.float()) and torch.equal(a.mask, b.mask)
+    assert torch.equal(a.response_ids * a.mask.long(), b.response_ids * b.mask.long())
+    assert torch.equal(ours[:, 0], theirs[:, 0]) and (tokens.forced_bos is None or (ours[:, 1] == tokens.forced_bos).all())
 
 
 def test_a_forced_first_token_is_outside_the_response_and_no_checkpoint_setting_leaks(family_models, tiny_overrides,

@@ -10,6 +10,10 @@ micro-batch's own widths (on that EPYC the largest difference is then 2.0e-5, ap
 to 0.01, since that rounding can move a token or two (of ~400) across the clip boundary. A
 change to the PPO math moves them far more.
 
+The responses are sampled by transformers' `generate` (`generation.sampler=generate`), as at
+ac62045: detox's own sampler draws from the same distribution with other random numbers
+(tests/test_sampling.py checks it against `generate`).
+
 Re-record from any commit (its code on PYTHONPATH, e.g. a git worktree with conf/ linked to
 detox/conf): `PYTHONPATH=<worktree> OMP_NUM_THREADS=1 python tests/test_parity.py OUT.json`.
 """
@@ -24,6 +28,7 @@ import torch
 RECORDED = os.path.join(os.path.dirname(__file__), "data", "quickstart_first_steps_ac62045.json")
 OVERRIDES = ["experiment=quickstart", "logger=none", "eval.enabled=false", "ppo.steps=3", "ppo.batch_size=8",
              "ppo.mini_batch_size=4", "ppo.ppo_epochs=2", "ppo.value_warmup_steps=1"]
+SAMPLER = ["generation.sampler=generate"]  # the recording's random draws (keys ac62045 did not have)
 
 
 def first_steps(cfg, n: int) -> list[dict]:
@@ -47,7 +52,7 @@ def test_first_quickstart_steps_equal_the_recorded_ones(tmp_path):
     recorded = json.load(open(RECORDED))
     assert recorded["overrides"] == OVERRIDES
     torch.set_num_threads(1)
-    steps = first_steps(make_cfg(OVERRIDES, output_dir=str(tmp_path)), len(recorded["steps"]))
+    steps = first_steps(make_cfg(OVERRIDES + SAMPLER, output_dir=str(tmp_path)), len(recorded["steps"]))
     for i, (got, expected) in enumerate(zip(steps, recorded["steps"]), start=1):
         assert got.pop("responses") == expected.pop("responses"), f"step {i}: other responses were sampled"
         differ = {k: (v, got.get(k)) for k, v in expected.items() if got.get(k) is None or not (
@@ -63,5 +68,5 @@ if __name__ == "__main__":
     register()
     torch.set_num_threads(1)
     with initialize_config_module("detox.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["output_dir=/tmp/detox-parity-run", *OVERRIDES])
+        cfg = compose("config", overrides=["output_dir=/tmp/detox-parity-run", *OVERRIDES, *SAMPLER])
     json.dump({"overrides": OVERRIDES, "steps": first_steps(cfg, 3)}, open(sys.argv[1], "w"), indent=1)

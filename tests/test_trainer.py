@@ -311,7 +311,9 @@ def test_cut_and_uncut_updates_give_the_same_losses_and_gradients(tiny_overrides
     r = trainer.rollout(trainer.sampler.next_indices())
     adv = trainer.update.advantages(r, trainer.kl_ctl.value)
     prompt_widths, response_widths = r.batch.row_widths()
-    rows = torch.argsort(response_widths + prompt_widths)[:3]  # the shortest rows: the most to cut
+    # rows narrower than the batch on both sides: the most to cut
+    rows = ((prompt_widths < r.batch.input_ids.shape[1]) & (response_widths < r.mask.shape[1])).nonzero().squeeze(1)[:3]
+    assert len(rows) >= 2
     widths = {"cut": (int(prompt_widths[rows].max()), int(response_widths[rows].max())),
               "uncut": (r.batch.input_ids.shape[1], r.mask.shape[1])}
     assert all(c < u for c, u in zip(widths["cut"], widths["uncut"]))
@@ -325,8 +327,8 @@ def test_cut_and_uncut_updates_give_the_same_losses_and_gradients(tiny_overrides
     (loss_cut, grads_cut), (loss_full, grads_full) = results["cut"], results["uncut"]
     assert torch.allclose(loss_cut, loss_full, rtol=1e-5, atol=1e-7)
     assert len(grads_cut) == len(grads_full) > 0
-    for a, b in zip(grads_cut, grads_full):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(grads_cut, grads_full):  # to 1e-5 of each gradient's norm (an element near 0 has no relative scale)
+        assert (a - b).norm() <= 1e-5 * b.norm() + 1e-8, float((a - b).norm() / b.norm())
 
 
 def test_group_by_length_mini_batches_hold_rows_of_similar_widths(tiny_overrides, tmp_path):

@@ -53,6 +53,7 @@ KLControllerKind = _choices("KLControllerKind", ["fixed", "adaptive"])
 Decoding = _choices("Decoding", ["sampled", "greedy"])
 # transformers' KV cache for sampling: dynamic (the default) or static (preallocated; same samples)
 CacheImplementation = _choices("CacheImplementation", ["dynamic", "static"])
+Sampler = _choices("Sampler", ["detox", "generate"])
 # Exactly the estimators detox/algo registers: a new one needs no change here.
 KLEstimatorName = _choices("KLEstimatorName", KL_ESTIMATORS)
 AdvantageName = _choices("AdvantageName", ADVANTAGE_ESTIMATORS)
@@ -149,6 +150,9 @@ class GenerationSettings:
     max_new_tokens_max: int = 400
     batch_size: Optional[int] = None  # prompts per generate() call; null: all at once
     cache_implementation: Optional[CacheImplementation] = None  # null: dynamic
+    # The rollout's sampling loop: detox's (a row stops computing at its EOS or cap; inverse-CDF
+    # draws) or transformers' `generate` (always used with a static cache). Same distribution.
+    sampler: Sampler = Sampler.detox
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from detox.algo.tokens import response_mask
 from detox.core.errors import LoadError
@@ -183,6 +183,15 @@ class Seq2SeqFamily:
         """Encoder states [B, S, H] (from `encode`) in the form `forward` and `generate` take."""
         return BaseModelOutput(last_hidden_state=states)
 
+    def decode_step(self, model: nn.Module, encoder_outputs, attention_mask: torch.Tensor,
+                    decoder_input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """One cached decoding step, as `generate` calls the model: the next-token logits [b, V]
+        after `decoder_input_ids` [b, n] (the tokens the cache has not seen), and the cache
+        (None on the first step: the model makes one)."""
+        out = model(attention_mask=attention_mask, encoder_outputs=encoder_outputs,
+                    decoder_input_ids=decoder_input_ids, use_cache=True, **{CACHE_KEYWORD: cache})
+        return out.logits[:, -1], getattr(out, CACHE_KEYWORD)
+
     def decoder(self, model: nn.Module) -> nn.Module:
         """The module whose output's first element is the decoder's last hidden state."""
         return model.get_decoder()
@@ -241,6 +250,8 @@ class Seq2SeqFamily:
         return Seq2SeqBatch(input_ids, attention_mask, decoder_input_ids, response_ids[:, :width], mask[:, :width])
 
 
+# transformers 5.x renamed `past_key_values` (in and out of a model's forward) to `cache`.
+CACHE_KEYWORD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 FAMILIES: dict[str, Seq2SeqFamily] = {}
 GENERIC = Seq2SeqFamily()
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from transformers import GenerationConfig
 
 from detox.models.families import Seq2SeqBatch, SpecialTokens, family_of_model
+from detox.models.sampling import sample
 
 
 def generation_config(settings: DictConfig, tokens: SpecialTokens, greedy: bool = False) -> GenerationConfig:
@@ -67,24 +68,32 @@ def generate_batches(model, tokenizer, prompts: Sequence[str], gen: GenerationCo
 
 @torch.no_grad()
 def sample_capped(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen: GenerationConfig,
-                  caps: np.ndarray, chunk: int | None) -> tuple[Seq2SeqBatch, torch.Tensor]:
+                  caps: np.ndarray, chunk: int | None, sampler: str = "detox") -> tuple[Seq2SeqBatch, torch.Tensor]:
     """The rollout's sampling: responses to B prompts, each cut at its own cap (`caps` [B]), in
-    chunks of `chunk` rows (None: all at once), each chunk up to its largest cap; the batch is
-    trimmed after its longest response. Also returns the encoder's last hidden states [B, S, H],
-    computed once per distinct prompt of a chunk by `Policy.encode` and handed to `generate`
-    (which then skips its own, identical, encoder pass), for the rollout's policy forward."""
+    chunks of `chunk` rows (None: all at once); the batch is trimmed after its longest response.
+    sampler: "detox" (`detox.models.sampling`: a row stops computing at its EOS or cap) or
+    "generate" (transformers', each chunk to its largest cap; also whenever
+    `cache_implementation` asks for a static cache). Also returns the encoder's last hidden states
+    [B, S, H], computed once per distinct prompt of a chunk by `Policy.encode`, for the rollout's
+    policy forward (`generate` is handed them and skips its own, identical, encoder pass)."""
     chunk = chunk or len(input_ids)
+    own = sampler == "detox" and gen.cache_implementation in (None, "dynamic")
+    caps_t = torch.as_tensor(caps, device=input_ids.device)
     pieces, states = [], []
     for i in range(0, len(input_ids), chunk):
         rows = slice(i, i + chunk)
         encoded = policy.encode(input_ids[rows], attention_mask[rows])  # a prompt sampled k times: once
         states.append(encoded.last_hidden_state)
-        pieces.append(policy.generate(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                                      generation_config=gen, encoder_outputs=encoded,
-                                      max_new_tokens=int(caps[rows].max()) + policy.special_tokens.prefix_length - 1))
+        if own:
+            with policy.autocast():
+                pieces.append(sample(policy.model, policy.family, policy.special_tokens, encoded.last_hidden_state,
+                                     attention_mask[rows], gen, caps_t[rows]))
+        else:
+            pieces.append(policy.generate(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                                          generation_config=gen, encoder_outputs=encoded,
+                                          max_new_tokens=int(caps[rows].max()) + policy.special_tokens.prefix_length - 1))
     width = max(p.shape[1] for p in pieces)
     sequences = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=gen.pad_token_id)
                            for p in pieces])
-    caps_t = torch.as_tensor(caps, device=sequences.device)
     batch = policy.family.to_batch(input_ids, attention_mask, sequences, policy.special_tokens, caps_t, trim=True)
     return batch, torch.cat(states)

@@ -79,7 +79,8 @@ def forward_logprobs(policy: Policy, batch: Seq2SeqBatch, detach_values: bool = 
 def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str], ids: list, caps: np.ndarray, *,
                     gen_config: GenerationConfig, max_input_tokens: int, generate_chunk: int | None,
                     forward_chunk: int, device: torch.device, timings: dict[str, float],
-                    keep_hidden: bool = False, columns: dict[str, list] | None = None) -> Rollout:
+                    keep_hidden: bool = False, columns: dict[str, list] | None = None,
+                    sampler: str = "detox") -> Rollout:
     """Sample one response per prompt (each cut at its own length cap), score it (`columns`: the
     prompts' dataset columns, for the reward components that read them), and take the
     per-token statistics PPO needs, `forward_chunk` rows per forward pass (with several chunks,
@@ -92,7 +93,7 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
                     return_tensors="pt").to(device)
     t0 = time.perf_counter()
     batch, encoder_states = sample_capped(policy, enc["input_ids"], enc["attention_mask"], gen_config, caps,
-                                          generate_chunk)
+                                          generate_chunk, sampler)
     timings["perf/generate_s"] = time.perf_counter() - t0
     responses, lengths = decode_responses(tokenizer, batch)
     t0 = time.perf_counter()

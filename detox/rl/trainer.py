@@ -210,7 +210,8 @@ class PPOTrainer:
             self.policy, self.tokenizer, self.reward, list(rows["prompt"]), ids, caps, gen_config=self.gen_config,
             max_input_tokens=self.data_cfg.max_input_tokens, generate_chunk=gen.batch_size,
             forward_chunk=self.ppo_cfg.forward_batch_size or len(indices), device=self.device, timings=self.timings,
-            keep_hidden=self.update.uses_values and self.step < self.ppo_cfg.value_warmup_steps, columns=columns)
+            keep_hidden=self.update.uses_values and self.step < self.ppo_cfg.value_warmup_steps, columns=columns,
+            sampler=gen.sampler.value)
         r.rank = self.dist.rank if self.dist.enabled else None
         r.groups = torch.arange(len(indices) // k, device=self.device).repeat_interleave(k)
         return r

@@ -47,7 +47,7 @@ TRAINING_KEYS = ("seed", "policy", "lora", "reward", "data", "generation", "ppo"
 # ...except what a resumed run honours as it is: how long, how often to save, when to stop.
 HONOURED_KEYS = ("ppo.steps", "ppo.save_every", "ppo.save_every_minutes", "ppo.keep_last", "ppo.guard",
                  "ppo.kl.max", "reward.batch_size", "reward.device", "ppo.forward_batch_size", "ppo.compile",
-                 "generation.cache_implementation")
+                 "generation.cache_implementation", "generation.sampler")
 # The shape of the trainable weights: never changeable on resume.
 STRUCTURAL_KEYS = ("policy.name_or_path", "policy.revision", "policy.adapter", "policy.reference",
                    "policy.dtype", "lora")
