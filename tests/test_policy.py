@@ -209,3 +209,25 @@ def test_forward_keeps_only_the_last_hidden_state_and_reuses_encoder_states(tiny
     assert torch.equal(reused.logits, full.logits) and reused.hidden is None
     assert bare.values is None and bare.hidden is None
     assert torch.equal(full.values, policy.value_head(full.hidden))
+
+
+def test_fused_gelu_replaces_gelu_new_and_computes_the_same_logits(tiny):
+    """FLAN-T5's gelu_new (eight kernels; the shipped tiny T5 has it) is swapped for transformers'
+    one-kernel GELUTanh, and T5's RMS norm for torch's: the same functions, so the same logits to
+    float rounding, and the same parameter names."""
+    from transformers.activations import NewGELUActivation
+
+    from detox.core.assets import asset_path
+    from detox.models.assembly import FusedT5Norm, fuse_activations
+
+    plain = AutoModelForSeq2SeqLM.from_pretrained(asset_path("tiny-t5")).eval()
+    fused = AutoModelForSeq2SeqLM.from_pretrained(asset_path("tiny-t5")).eval()
+    assert any(isinstance(m, NewGELUActivation) for m in plain.modules())
+    assert fuse_activations(fused) > 0 and not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert sum(isinstance(m, FusedT5Norm) for m in fused.modules()) == 2 * 2 + 2 * 3 + 2  # per layer, and the stacks'
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    ids = torch.randint(3, 4000, (2, 30), generator=torch.Generator().manual_seed(0))
+    batch = teacher_forced(ids, torch.ones_like(ids), ids[:, :12])
+    torch.testing.assert_close(logits_of(fused, batch), logits_of(plain, batch), rtol=1e-5, atol=1e-5)
+    policy = policy_for(tiny, f"policy.name_or_path={asset_path('tiny-t5')}")
+    assert not any(isinstance(m, NewGELUActivation) for m in policy.modules())  # every loaded policy

@@ -26,6 +26,12 @@ from omegaconf import DictConfig
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.activations import NewGELUActivation
+
+try:
+    from transformers.activations import GELUTanh
+except ImportError:  # its name before transformers 5.x renamed it
+    from transformers.activations import PytorchGELUTanh as GELUTanh
 
 from detox.config.schema import ALL_LINEAR
 from detox.core.errors import ConfigError, LoadError
@@ -58,7 +64,49 @@ def load_base_model(cfg: DictConfig, dtype: str | None = None) -> nn.Module:
         model = family.auto_class.from_pretrained(cfg.name_or_path, revision=cfg.revision,
                                                   dtype=DTYPES[dtype or cfg.dtype])
     family.prepare(model)
+    fuse_activations(model)
     return model
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """One-kernel versions of two layers FLAN-T5 writes as chains of elementwise ops, each op
+    keeping its output for the backward: transformers' `NewGELUActivation` (`gelu_new`) becomes
+    its `GELUTanh`, the same tanh approximation ("equivalent ... much faster; not an exact
+    numerical match due to rounding", in transformers' words: logits move by ~1e-6), and T5's
+    RMS norm (`T5LayerNorm` and its copies in mT5, UMT5, LongT5, Switch) becomes
+    `torch.nn.functional.rms_norm` in fp32, as T5 computes it. A tiny T5 update micro-batch's
+    forward and backward took 0.80x the time with the first, 0.90x of that with the second.
+    Returns how many modules were swapped."""
+    swapped = 0
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+            elif type(child).__name__ in T5_NORMS and hasattr(nn.functional, "rms_norm"):
+                setattr(module, name, FusedT5Norm(child))
+            else:
+                continue
+            swapped += 1
+    return swapped
+
+
+T5_NORMS = {"T5LayerNorm", "MT5LayerNorm", "UMT5LayerNorm", "LongT5LayerNorm", "SwitchTransformersLayerNorm"}
+
+
+class FusedT5Norm(nn.Module):
+    """T5's RMS norm (no mean subtraction, no bias; the variance in fp32, the result in the
+    weight's dtype) in one `rms_norm` call. It holds the norm's own weight: names and checkpoints
+    are unchanged."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.weight, self.variance_epsilon = norm.weight, norm.variance_epsilon
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):  # fp32 under any autocast policy
+            out = nn.functional.rms_norm(hidden.float(), (hidden.shape[-1],), self.weight.float(),
+                                         self.variance_epsilon)
+        return out.to(self.weight.dtype)
 
 
 def lora_targets(lora_cfg: DictConfig) -> str | list[str]:
