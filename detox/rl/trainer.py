@@ -126,7 +126,10 @@ class PPOTrainer:
         groups = [{"params": policy_params, "lr": ppo.learning_rate}]
         if value_params:
             groups.append({"params": value_params, "lr": ppo.value_learning_rate or ppo.learning_rate})
-        return torch.optim.AdamW(groups, eps=ppo.adam_eps, weight_decay=0.0)
+        # fused: one kernel for every tensor (PyTorch's default loops over LoRA's many small ones,
+        # 0.6 ms a step against 0.14 on the quickstart's); the same update to float rounding.
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.trainable) or None
+        return torch.optim.AdamW(groups, eps=ppo.adam_eps, weight_decay=0.0, fused=fused)
 
     # ---------------------------------------------------------------- state for checkpoints
     def state(self) -> dict:
