@@ -12,7 +12,8 @@ change to the PPO math moves them far more.
 
 The responses are sampled by transformers' `generate` (`generation.sampler=generate`), as at
 ac62045: detox's own sampler draws from the same distribution with other random numbers
-(tests/test_sampling.py checks it against `generate`).
+(tests/test_sampling.py checks it against `generate`); the KL coefficient is the preset's of
+then, 0.02.
 
 Re-record from any commit (its code on PYTHONPATH, e.g. a git worktree with conf/ linked to
 detox/conf): `PYTHONPATH=<worktree> OMP_NUM_THREADS=1 python tests/test_parity.py OUT.json`.
@@ -28,7 +29,9 @@ import torch
 RECORDED = os.path.join(os.path.dirname(__file__), "data", "quickstart_first_steps_ac62045.json")
 OVERRIDES = ["experiment=quickstart", "logger=none", "eval.enabled=false", "ppo.steps=3", "ppo.batch_size=8",
              "ppo.mini_batch_size=4", "ppo.ppo_epochs=2", "ppo.value_warmup_steps=1"]
-SAMPLER = ["generation.sampler=generate"]  # the recording's random draws (keys ac62045 did not have)
+# What the recording ran with and the preset has changed since: transformers' sampler (its random
+# draws; a key ac62045 did not have) and the preset's KL coefficient then.
+SAMPLER = ["generation.sampler=generate", "ppo.kl.init_coef=0.02"]
 
 
 def first_steps(cfg, n: int) -> list[dict]:

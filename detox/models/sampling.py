@@ -76,7 +76,8 @@ def sample(model: torch.nn.Module, family: Seq2SeqFamily, tokens: SpecialTokens,
             scores = logits.float()
             if t < (gen.min_length or 0):  # generate's MinLengthLogitsProcessor: the start token counts
                 scores[:, eos] = -float("inf")
-            scores = warp(sequences[rows, :t], scores)
+            if warp:
+                scores = warp(sequences[rows, :t], scores)
             token = draw(scores) if gen.do_sample else scores.argmax(-1)
         sequences[rows, t] = token
         going = ~(torch.isin(token, eos) | (stop_after[rows] <= t))
