@@ -17,6 +17,8 @@ In one process it alternates two ways of doing the same work on the same models 
    with the same settings, the policy (+ value head) and reference forwards under no grad over
    the same rollout tensors, then `ppo_epochs x batch / mini_batch` forward + backward +
    AdamW steps (learning rate 0: the baseline never moves the weights the project trains).
+   The project samples with its own loop (`generation.sampler=detox`), the baseline with
+   `generate`; `--this generation.sampler=generate` times transformers' loop in the project.
 
 and prints medians per phase, the ratio project / raw, and the peak memory (RSS on a CPU,
 `torch.cuda.max_memory_allocated` on a GPU). `--vs-commit SHA` checks that commit out in a git
