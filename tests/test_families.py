@@ -9,7 +9,7 @@ import torch
 from conftest import make_cfg
 from omegaconf import OmegaConf
 from tiny_models import FAMILIES as TINY_FAMILIES
-from tiny_models import save_tiny_family, save_tiny_tower
+from tiny_models import decode_both, save_tiny_family, save_tiny_tower
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
 from detox.algo.tokens import logprobs_from_logits
@@ -25,7 +25,6 @@ from detox.models.families import (
     register_family,
 )
 from detox.models.generation import model_generation_config
-from detox.models.sampling import sample
 from detox.rl.trainer import PPOTrainer
 from detox.runtime.checkpoint import load_trained
 from detox.stages.assemble import assemble, build_trainer
@@ -146,11 +145,7 @@ def test_the_rollout_sampler_decodes_as_generate_does(name, family_models):
     caps = torch.tensor([5, 12, 9])
     gen = GenerationConfig(do_sample=False, min_length=4, pad_token_id=tokens.pad, eos_token_id=tokens.eos,
                            decoder_start_token_id=tokens.decoder_start, forced_bos_token_id=tokens.forced_bos)
-    with torch.no_grad():
-        states = family.encode(model, enc["input_ids"], enc["attention_mask"]).last_hidden_state
-        ours = sample(model, family, tokens, states, enc["attention_mask"], gen, caps)
-        theirs = model.generate(**enc, generation_config=gen, max_new_tokens=int(caps.max()) + tokens.prefix_length - 1)
-    a, b = (family.to_batch(enc["input_ids"], enc["attention_mask"], s, tokens, caps) for s in (ours, theirs))
+    ours, theirs, (a, b) = decode_both(model, family, tokens, enc, gen, caps)
     assert torch.equal(a.mask.sum(1), caps.float()) and torch.equal(a.mask, b.mask)
     assert torch.equal(a.response_ids * a.mask.long(), b.response_ids * b.mask.long())
     assert torch.equal(ours[:, 0], theirs[:, 0]) and (tokens.forced_bos is None or (ours[:, 1] == tokens.forced_bos).all())

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import decode_both
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
 from detox.core.assets import asset_path
@@ -32,15 +33,6 @@ def settings(tokens, **kw) -> GenerationConfig:
                             forced_bos_token_id=tokens.forced_bos, **{"do_sample": True, "top_k": 0, **kw})
 
 
-def ours_and_generates(model, family, tokens, enc, gen, caps):
-    with torch.no_grad():
-        states = family.encode(model, enc["input_ids"], enc["attention_mask"]).last_hidden_state
-        ours = sample(model, family, tokens, states, enc["attention_mask"], gen, caps)
-        theirs = model.generate(**enc, generation_config=gen, max_new_tokens=int(caps.max()) + tokens.prefix_length - 1)
-    as_batch = [family.to_batch(enc["input_ids"], enc["attention_mask"], s, tokens, caps) for s in (ours, theirs)]
-    return ours, theirs, as_batch
-
-
 def responses(batch) -> list[list[int]]:
     return [ids[: int(n)] for ids, n in zip(batch.response_ids.tolist(), batch.mask.sum(1))]
 
@@ -50,7 +42,7 @@ def test_greedy_decoding_equals_generate_with_rows_leaving_at_eos_and_at_their_c
     enc = tok(prompts(8), padding=True, return_tensors="pt")
     caps = torch.tensor([40, 3, 40, 12, 40, 7, 40, 25])
     gen = settings(tokens, do_sample=False, min_length=6)
-    ours, theirs, (a, b) = ours_and_generates(model, family, tokens, enc, gen, caps)
+    ours, theirs, (a, b) = decode_both(model, family, tokens, enc, gen, caps)
     lengths = a.mask.sum(1)
     assert responses(a) == responses(b)
     ended = (a.response_ids == tokens.eos).any(1)

@@ -321,7 +321,8 @@ def test_cut_and_uncut_updates_give_the_same_losses_and_gradients(tiny_overrides
     for name, (prompt, response) in widths.items():
         trainer.optimizer.zero_grad(set_to_none=True)
         stats = {k: [] for k in ("policy", "value", "aux", "approxkl", "clipfrac", "vf_clipfrac", "ratio")}
-        loss = trainer.update._loss(r, adv, rows, prompt, response, warmup=False, stats=stats)
+        part = r.batch.rows(rows).cut(prompt, response)
+        loss = trainer.update._loss(r, adv, rows, part, warmup=False, stats=stats)
         loss.backward()
         results[name] = (loss.detach(), [p.grad.clone() for p in trainer.update.trainable if p.grad is not None])
     (loss_cut, grads_cut), (loss_full, grads_full) = results["cut"], results["uncut"]

@@ -314,6 +314,19 @@ def save_tiny_family(family: str, path: str, seed: int = 0, forced_bos: bool = F
     return path
 
 
+def decode_both(model, family, tokens, enc, gen, caps):
+    """The same prompts decoded by detox's sampler and by `generate` (caps [B] sampled tokens):
+    (ours, theirs) sequences and their `Seq2SeqBatch`es."""
+    from detox.models.sampling import sample
+
+    with torch.no_grad():
+        states = family.encode(model, enc["input_ids"], enc["attention_mask"]).last_hidden_state
+        ours = sample(model, family, tokens, states, enc["attention_mask"], gen, caps)
+        theirs = model.generate(**enc, generation_config=gen, max_new_tokens=int(caps.max()) + tokens.prefix_length - 1)
+    as_batch = [family.to_batch(enc["input_ids"], enc["attention_mask"], s, tokens, caps) for s in (ours, theirs)]
+    return ours, theirs, as_batch
+
+
 # ------------------------------------------------------------------------------ reward components of tests
 def mentions_column(prompts, responses, *, column="topic", **columns):
     """1 where a response mentions its row's value of the dataset column `column`, else 0."""

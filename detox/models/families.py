@@ -71,6 +71,12 @@ class Seq2SeqBatch:
         response = (self.mask.ne(0) * columns).amax(1)
         return torch.stack([prompt, response]).clamp(min=1).cpu()
 
+    def cut_rows(self, index: torch.Tensor) -> "Seq2SeqBatch":
+        """Rows `index` (CPU indices) cut to their own widest prompt and widest response (`cut`):
+        a rollout chunk's or an update micro-batch's forward computes no column none of them uses."""
+        prompt, response = self._widths[:, index].amax(1).tolist()
+        return self.rows(index.to(self.input_ids.device)).cut(prompt, response)
+
     def cut(self, prompt: int, response: int) -> "Seq2SeqBatch":
         """These rows with only the first `prompt` prompt columns and `response` response columns.
         Cutting trailing columns no row uses changes no kept position's values (to float rounding:

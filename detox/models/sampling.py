@@ -67,9 +67,9 @@ def sample(model: torch.nn.Module, family: Seq2SeqFamily, tokens: SpecialTokens,
     warp = warpers(gen)
     rows = torch.arange(B, device=device)  # the rows still sampling, in the cache's order
     states, mask, cache = encoder_states, attention_mask, None
+    encoded = family.encoder_outputs(states)
     for t in range(1, steps + 1):
-        logits, cache = family.decode_step(model, family.encoder_outputs(states), mask,
-                                           sequences[rows, t - 1 : t], cache)
+        logits, cache = family.decode_step(model, encoded, mask, sequences[rows, t - 1 : t], cache)
         if forced and t == 1:
             token = torch.full_like(rows, tokens.forced_bos)
         else:
@@ -88,5 +88,6 @@ def sample(model: torch.nn.Module, family: Seq2SeqFamily, tokens: SpecialTokens,
             break
         keep = going.nonzero().squeeze(1)  # finished rows leave the batch and its cache
         rows, states, mask = rows[keep], states[keep], mask[keep]
+        encoded = family.encoder_outputs(states)
         cache.batch_select_indices(keep)
     return sequences

@@ -109,10 +109,9 @@ def collect_rollout(policy: Policy, tokenizer, reward: Reward, prompts: list[str
     order = (torch.argsort(prompt_widths + response_widths, stable=True) if forward_chunk < len(prompts)
              else torch.arange(len(prompts)))
     for chunk in order.split(forward_chunk):
-        rows = chunk.to(device)
-        prompt = int(prompt_widths[chunk].max())
-        part = batch.rows(rows).cut(prompt, int(response_widths[chunk].max()))
-        step = policy(part, encoder_states=encoder_states[rows, :prompt], keep_hidden=keep_hidden)
+        part = batch.cut_rows(chunk)
+        step = policy(part, encoder_states=encoder_states[chunk.to(device), :part.input_ids.shape[1]],
+                      keep_hidden=keep_hidden)
         out["logprobs"].append(logprobs_from_logits(step.logits, part.response_ids))
         out["entropy"].append(token_entropy(step.logits))
         if step.values is not None:

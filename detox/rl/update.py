@@ -14,6 +14,7 @@ from detox.algo.advantages import compute_advantages, kl_penalized_rewards
 from detox.algo.kl import kl_penalty
 from detox.algo.losses import policy_loss, value_loss
 from detox.algo.masked import masked_mean, masked_whiten
+from detox.models.families import Seq2SeqBatch
 from detox.models.policy import Policy
 from detox.rl.rollout import Rollout, forward_logprobs
 from detox.runtime.distributed import Distributed
@@ -86,7 +87,7 @@ class PPOUpdate:
         for _ in range(cfg.ppo_epochs):
             epoch_start = len(stats["approxkl"])
             for rows in self._minibatches(widths, generator):
-                skipped.append(self._minibatch(r, adv, rows, widths, warmup, stats))
+                skipped.append(self._minibatch(r, adv, rows, warmup, stats))
             epochs_done += 1
             # Every process must take the same decision: the global mean approx-KL decides.
             if cfg.target_approx_kl:
@@ -106,17 +107,16 @@ class PPOUpdate:
         pieces = order.split(self.ppo_cfg.mini_batch_size)
         return [pieces[i] for i in torch.randperm(len(pieces), generator=generator)]
 
-    def _minibatch(self, r: Rollout, adv: Advantages, minibatch: torch.Tensor, widths: torch.Tensor, warmup: bool,
+    def _minibatch(self, r: Rollout, adv: Advantages, minibatch: torch.Tensor, warmup: bool,
                    stats: dict[str, list[torch.Tensor]]) -> str | None:
         """One optimizer step over `minibatch` (CPU row indices; gradient accumulation over its
-        micro-batches, each cut to its own widest prompt and response: `widths` [B, 2]); None
-        when applied, else why it was skipped."""
+        micro-batches, each cut to its own widest prompt and response); None when applied, else
+        why it was skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         first, first_value = len(stats["policy"]), len(stats["value"])
         for m in range(0, len(minibatch), self.micro_batch_size):
             rows = minibatch[m : m + self.micro_batch_size]
-            prompt, response = widths[rows].amax(0).tolist()
-            loss = self._loss(r, adv, rows.to(self.device), prompt, response, warmup, stats)
+            loss = self._loss(r, adv, rows.to(self.device), r.batch.cut_rows(rows), warmup, stats)
             (loss / self.ppo_cfg.gradient_accumulation_steps).backward()
         self.dist.average_gradients(self.trainable)
         reason, grad_norm = self._check_update(torch.stack(stats["policy"][first:] + stats["value"][first_value:]),
@@ -129,13 +129,14 @@ class PPOUpdate:
         self.optimizer.step()
         return None
 
-    def _loss(self, r: Rollout, adv: Advantages, rows: torch.Tensor, prompt: int, response: int, warmup: bool,
+    def _loss(self, r: Rollout, adv: Advantages, rows: torch.Tensor, part: Seq2SeqBatch, warmup: bool,
               stats: dict[str, list[torch.Tensor]]) -> torch.Tensor:
-        """The loss of one micro-batch, `rows` cut to `prompt` prompt and `response` response
-        columns (no compute on columns none of them uses): policy + vf_coef x value [+ the KL
-        term]; its statistics appended to `stats`."""
+        """The loss of one micro-batch: `rows` of the rollout, `part` their batch as the model
+        sees it (`Seq2SeqBatch.cut_rows`: no compute on columns none of them uses): policy +
+        vf_coef x value [+ the KL term]; its statistics appended to `stats`."""
         cfg = self.ppo_cfg
         aux = None
+        response = part.response_ids.shape[1]
 
         def cut(x: torch.Tensor) -> torch.Tensor:  # [B, T, ...] -> these rows' [b, response, ...]
             return x[rows, :response]
@@ -145,8 +146,8 @@ class PPOUpdate:
             # 1), and the value head trains on the rollout's hidden states; no model pass.
             logprobs, values = cut(r.logprobs), self.policy.value_head(cut(r.hidden))
         else:
-            out, logprobs = forward_logprobs(self.policy, r.batch.rows(rows).cut(prompt, response),
-                                             detach_values=warmup, aux_loss=cfg.aux_loss and not warmup)
+            out, logprobs = forward_logprobs(self.policy, part, detach_values=warmup,
+                                             aux_loss=cfg.aux_loss and not warmup)
             values, aux = out.values, out.aux_loss
         mask, old_logprobs = cut(r.mask), cut(r.logprobs)
         pg_loss, pg_stats = policy_loss(logprobs, old_logprobs, cut(adv.advantages), mask, cfg.cliprange)
